@@ -1,0 +1,160 @@
+"""Rendezvous: turn an ``init_method`` URL into ``(store, rank, world_size)`` (torch's rendezvous).
+
+Schemes: ``tcp://host:port?rank=R&world_size=W`` (rank 0 hosts a TCPStore),
+``env://`` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) and ``file:///path?rank=R&world_size=W``.
+Handlers are generators yielding ``(store, rank, world_size)``; more schemes can be registered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+from ._timeouts import TimeoutLike
+from .store import FileStore, Store, TCPStore
+
+DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=30)  # torch's default_pg_timeout
+
+RendezvousResult = tuple[Store, int, int]
+RendezvousHandler = Callable[..., Iterator[RendezvousResult]]
+
+_handlers: dict[str, RendezvousHandler] = {}
+
+
+def register_rendezvous_handler(scheme: str, handler: RendezvousHandler) -> None:
+    """Register ``handler(url, **kwargs)`` for URLs of ``scheme``; a second one is an error."""
+    if scheme in _handlers:
+        raise RuntimeError(f"Rendezvous handler for {scheme}:// already registered")
+    _handlers[scheme] = handler
+
+
+def rendezvous(
+    url: str, rank: int = -1, world_size: int = -1, **kwargs
+) -> Iterator[RendezvousResult]:
+    """Return an iterator yielding ``(store, rank, world_size)`` for ``url``.
+
+    ``rank``/``world_size`` given here are added to the URL's query, as in torch; giving them
+    both here and in the URL is a ValueError.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"rendezvous url must be a str, got {type(url).__name__}: {url!r}")
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"rendezvous {name} must be an int, got {value!r}")
+    parsed = urlparse(url)
+    if not parsed.scheme:
+        raise ValueError(
+            f"rendezvous url {url!r} has no scheme (expected tcp://, env:// or file://)"
+        )
+    if rank != -1 or world_size != -1:
+        query = dict(parse_qsl(parsed.query))
+        if "rank" in query or "world_size" in query:
+            raise ValueError(
+                f"The url: {url} has node-specific arguments(rank, world_size) already."
+            )
+        if rank != -1:
+            query["rank"] = str(rank)
+        if world_size != -1:
+            query["world_size"] = str(world_size)
+        url = urlunparse(parsed._replace(query=urlencode(query)))
+    handler = _handlers.get(parsed.scheme)
+    if handler is None:
+        raise ValueError(f"No rendezvous handler for {parsed.scheme}://")
+    return handler(url, **kwargs)
+
+
+def _error(scheme: str, message: str) -> ValueError:
+    return ValueError(f"Error initializing pyc10d using {scheme}:// rendezvous: {message}")
+
+
+def _int_param(scheme: str, query: dict[str, str], name: str, label: str) -> int:
+    if name not in query:
+        raise _error(scheme, f"{label} parameter missing")
+    try:
+        return int(query[name])
+    except ValueError:
+        raise _error(scheme, f"{label} parameter is not an integer: {query[name]!r}") from None
+
+
+def _rank_and_size(scheme: str, query: dict[str, str]) -> tuple[int, int]:
+    rank = _int_param(scheme, query, "rank", "rank")
+    world_size = _int_param(scheme, query, "world_size", "world size")
+    if world_size < 1:
+        raise _error(scheme, f"world size must be positive, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise _error(scheme, f"rank {rank} is out of range for world size {world_size}")
+    return rank, world_size
+
+
+def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: TimeoutLike) -> TCPStore:
+    """Rank 0 hosts the (multi-tenant) server; every rank connects and the master waits for all."""
+    return TCPStore(host, port, world_size, rank == 0, timeout, multi_tenant=True)
+
+
+def _tcp_handler(
+    url: str, timeout: TimeoutLike = DEFAULT_RENDEZVOUS_TIMEOUT, **kwargs
+) -> Iterator[RendezvousResult]:
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise _error("tcp", f"invalid port in {url!r}: {exc}") from None
+    if not parsed.hostname:
+        raise _error("tcp", f"host name missing in {url!r}")
+    if port is None:
+        raise _error("tcp", "port number missing")
+    rank, world_size = _rank_and_size("tcp", dict(parse_qsl(parsed.query)))
+    store = _tcp_store(parsed.hostname, port, rank, world_size, timeout)
+    yield store, rank, world_size
+    raise RuntimeError("Unable to perform re-rendezvous using tcp:// method")
+
+
+def _env_value(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        raise _error("env", f"environment variable {name} expected, but not set")
+    return value
+
+
+def _env_int(name: str) -> int:
+    value = _env_value(name)
+    try:
+        return int(value)
+    except ValueError:
+        raise _error("env", f"environment variable {name} is not an integer: {value!r}") from None
+
+
+def _env_handler(
+    url: str, timeout: TimeoutLike = DEFAULT_RENDEZVOUS_TIMEOUT, **kwargs
+) -> Iterator[RendezvousResult]:
+    query = dict(parse_qsl(urlparse(url).query))
+    rank = int(query["rank"]) if "rank" in query else _env_int("RANK")
+    world_size = int(query["world_size"]) if "world_size" in query else _env_int("WORLD_SIZE")
+    rank, world_size = _rank_and_size("env", {"rank": str(rank), "world_size": str(world_size)})
+    host = _env_value("MASTER_ADDR")
+    port = _env_int("MASTER_PORT")
+    store = _tcp_store(host, port, rank, world_size, timeout)
+    yield store, rank, world_size
+    raise RuntimeError("Unable to perform re-rendezvous using env:// method")
+
+
+def _file_handler(
+    url: str, timeout: TimeoutLike | None = None, **kwargs
+) -> Iterator[RendezvousResult]:
+    parsed = urlparse(url)
+    path = parsed.path or parsed.netloc
+    if not path:
+        raise _error("file", f"path missing in {url!r}")
+    rank, world_size = _rank_and_size("file", dict(parse_qsl(parsed.query)))
+    store = FileStore(path, world_size)
+    if timeout is not None:
+        store.set_timeout(timeout)
+    yield store, rank, world_size
+    raise RuntimeError("Unable to perform re-rendezvous using file:// method")
+
+
+register_rendezvous_handler("tcp", _tcp_handler)
+register_rendezvous_handler("env", _env_handler)
+register_rendezvous_handler("file", _file_handler)

@@ -1,0 +1,1 @@
+"""TCPStore internals: the wire protocol and the selectors-based server."""

@@ -1,0 +1,100 @@
+"""The TCPStore wire format: length-prefixed binary frames, one request and one reply per op.
+
+A frame is ``<u32 payload length> <u8 code> <u32 nargs> <i64 num>`` followed by ``nargs``
+arguments, each ``<u32 length> <bytes>``. Requests carry an opcode, replies a status; ``num``
+holds an integer operand or result (a timeout in ms, an add amount, a count).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+HEADER = struct.Struct("<IBIq")
+ARG_LEN = struct.Struct("<I")
+HEADER_BODY = HEADER.size - 4  # bytes of the header counted in the payload length
+MAX_FRAME = 1 << 30  # larger frames are treated as garbage and drop the connection
+NO_TIMEOUT = -1
+
+
+class Op(enum.IntEnum):
+    """Request opcodes."""
+
+    SET = 1
+    GET = 2
+    ADD = 3
+    COMPARE_SET = 4
+    WAIT = 5
+    CHECK = 6
+    DELETE = 7
+    NUM_KEYS = 8
+    LIST_KEYS = 9
+    MULTI_GET = 10
+    MULTI_SET = 11
+    APPEND = 12
+    QUEUE_PUSH = 13
+    QUEUE_POP = 14
+    QUEUE_LEN = 15
+    PING = 16
+
+
+class Status(enum.IntEnum):
+    """Reply statuses."""
+
+    OK = 0
+    TIMEOUT = 1  # args: the keys still missing
+    VALUE_ERROR = 2  # args: message
+    QUEUE_EMPTY = 3
+    ERROR = 4  # args: message
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid frame."""
+
+
+def encode(code: int, num: int = 0, args: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    """Build one frame."""
+    if not args:
+        return HEADER.pack(HEADER_BODY, code, 0, num)
+    parts = [b""]
+    size = HEADER_BODY
+    for arg in args:
+        parts.append(ARG_LEN.pack(len(arg)))
+        parts.append(arg)
+        size += 4 + len(arg)
+    if size > MAX_FRAME:
+        raise ValueError(f"store message of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+    parts[0] = HEADER.pack(size, code, len(args), num)
+    return b"".join(parts)
+
+
+def decode(buf: bytearray | bytes, offset: int) -> tuple[int, int, int, list[bytes]] | None:
+    """Parse the frame at ``offset``: ``(end offset, code, num, args)``, or None if incomplete.
+
+    Raises ProtocolError for a length or argument layout that cannot be valid.
+    """
+    available = len(buf) - offset
+    if available < HEADER.size:
+        if available >= 4 and not HEADER_BODY <= ARG_LEN.unpack_from(buf, offset)[0] <= MAX_FRAME:
+            raise ProtocolError("invalid frame length")
+        return None
+    size, code, nargs, num = HEADER.unpack_from(buf, offset)
+    if not HEADER_BODY <= size <= MAX_FRAME:
+        raise ProtocolError(f"invalid frame length {size}")
+    end = offset + 4 + size
+    if len(buf) < end:
+        return None
+    pos = offset + HEADER.size
+    args = []
+    for _ in range(nargs):
+        if pos + 4 > end:
+            raise ProtocolError("argument header past the end of the frame")
+        (length,) = ARG_LEN.unpack_from(buf, pos)
+        pos += 4
+        if pos + length > end:
+            raise ProtocolError("argument past the end of the frame")
+        args.append(bytes(buf[pos : pos + length]))
+        pos += length
+    if pos != end:
+        raise ProtocolError("trailing bytes in frame")
+    return end, code, num, args

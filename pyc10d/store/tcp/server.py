@@ -1,0 +1,362 @@
+"""The TCPStore server: one background thread, a ``selectors`` event loop, any number of clients.
+
+Blocking requests (GET, WAIT, MULTI_GET, blocking QUEUE_POP) never block the loop: they park a
+``Waiter`` that is answered when its keys appear or its deadline passes. A connection that sends
+an invalid frame, or closes mid-frame, is dropped; everyone else keeps being served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+
+from ...errors import DistNetworkError
+from ..table import KeyValueTable
+from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 1 << 18
+
+
+class _Connection:
+    """One client's socket and buffers."""
+
+    __slots__ = ("closed", "inbuf", "outbuf", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: object) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.closed = False
+
+
+class _Waiter:
+    """A parked blocking request."""
+
+    __slots__ = ("conn", "done", "keys", "op", "parked_on")
+
+    def __init__(self, conn: _Connection, op: int, keys: list[str]) -> None:
+        self.conn = conn
+        self.op = op
+        self.keys = keys
+        self.done = False
+        self.parked_on: str | None = None
+
+
+def _listen_socket(port: int) -> socket.socket:
+    """Bind a listening socket on every interface (dual-stack where IPv6 exists)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("", port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use (EADDRINUSE)" if exc.errno == errno.EADDRINUSE else exc
+        raise DistNetworkError(
+            f"TCPStore server failed to listen on port {port}: {reason}"
+        ) from exc
+    return sock
+
+
+class StoreServer:
+    """Serves a :class:`KeyValueTable` to TCPStore clients from a daemon thread."""
+
+    def __init__(self, port: int = 0, listen_fd: int | None = None) -> None:
+        if listen_fd is not None:
+            self._listener = socket.socket(fileno=listen_fd)
+        else:
+            self._listener = _listen_socket(port)
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._table = KeyValueTable()
+        self._key_waiters: dict[str, list[_Waiter]] = {}
+        self._queue_waiters: dict[str, deque[_Waiter]] = {}
+        self._timers: list[tuple[float, int, _Waiter]] = []
+        self._timer_ids = itertools.count()
+        self._connections: set[_Connection] = set()
+        self._selector = selectors.DefaultSelector()
+        self._recv_buffer = bytearray(RECV_SIZE)
+        self._recv_view = memoryview(self._recv_buffer)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"pyc10d-store-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop serving, close every connection and join the thread."""
+        if self._stopping:
+            return
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        sel = self._selector
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stopping:
+                for key, events in sel.select(self._next_timer_delay()):
+                    if key.data is None:
+                        self._accept()
+                    elif key.data == "wake":
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 64)
+                    else:
+                        conn: _Connection = key.data
+                        if events & selectors.EVENT_READ:
+                            self._on_readable(conn)
+                        if events & selectors.EVENT_WRITE and not conn.closed:
+                            self._flush(conn)
+                self._fire_timers()
+        except Exception:  # pragma: no cover - a bug in the loop must not pass silently
+            log.exception("pyc10d TCPStore server loop crashed")
+        finally:
+            for conn in list(self._connections):
+                self._close(conn)
+            sel.close()
+            self._listener.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # -- sockets ------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving the others
+                log.warning("TCPStore server accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, peer)
+            self._connections.add(conn)
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._connections.discard(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _on_readable(self, conn: _Connection) -> None:
+        try:
+            size = conn.sock.recv_into(self._recv_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            size = 0
+        if not size:
+            self._close(conn)  # a frame cut off mid-way is dropped with the connection
+            return
+        buf = conn.inbuf
+        buf += self._recv_view[:size]
+        offset = 0
+        try:
+            while not conn.closed:
+                frame = decode(buf, offset)
+                if frame is None:
+                    break
+                offset, op, num, args = frame
+                self._handle(conn, op, num, args)
+        except (ProtocolError, UnicodeDecodeError, ValueError, IndexError) as exc:
+            log.warning("TCPStore server dropping client %s: %s", conn.peer, exc)
+            self._close(conn)
+            return
+        if offset:
+            del buf[:offset]
+
+    def _reply(self, conn: _Connection, status: int, num: int = 0, args=()) -> None:
+        if conn.closed:
+            return
+        frame = encode(status, num, args)
+        if conn.outbuf:
+            conn.outbuf += frame
+            return
+        try:
+            sent = conn.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        if sent < len(frame):
+            conn.outbuf += frame[sent:]
+            self._selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        del conn.outbuf[:sent]
+        if not conn.outbuf:
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+
+    # -- requests -----------------------------------------------------------------------------
+    def _handle(self, conn: _Connection, op: int, num: int, args: list[bytes]) -> None:
+        table = self._table
+        if op == Op.GET or op == Op.WAIT or op == Op.MULTI_GET:
+            keys = [a.decode() for a in args]
+            waiter = _Waiter(conn, op, keys)
+            if not self._try_finish(waiter):
+                self._add_timer(waiter, num)
+        elif op == Op.SET:
+            key = args[0].decode()
+            table.set(key, args[1])  # no reply: clients do not wait for SET (as in torch)
+            self._key_changed(key)
+        elif op == Op.ADD:
+            key = args[0].decode()
+            try:
+                total = table.add(key, num)
+            except ValueError as exc:
+                self._reply(conn, Status.VALUE_ERROR, 0, [str(exc).encode()])
+                return
+            self._reply(conn, Status.OK, total)
+            self._key_changed(key)
+        elif op == Op.COMPARE_SET:
+            key = args[0].decode()
+            result = table.compare_set(key, args[1], args[2])
+            self._reply(conn, Status.OK, 0, [result])
+            self._key_changed(key)
+        elif op == Op.CHECK:
+            self._reply(conn, Status.OK, int(not table.missing(a.decode() for a in args)))
+        elif op == Op.DELETE:
+            self._reply(conn, Status.OK, int(table.delete(args[0].decode())))
+        elif op == Op.NUM_KEYS:
+            self._reply(conn, Status.OK, table.num_user_keys)
+        elif op == Op.LIST_KEYS:
+            self._reply(conn, Status.OK, 0, [k.encode() for k in table.list_keys()])
+        elif op == Op.MULTI_SET:
+            if len(args) % 2:
+                raise ProtocolError("MULTI_SET needs key/value pairs")
+            keys = [a.decode() for a in args[0::2]]
+            for key, value in zip(keys, args[1::2], strict=True):
+                table.set(key, value)
+            for key in keys:
+                self._key_changed(key)
+        elif op == Op.APPEND:
+            key = args[0].decode()
+            table.append(key, args[1])
+            self._reply(conn, Status.OK)
+            self._key_changed(key)
+        elif op == Op.QUEUE_PUSH:
+            self._queue_push(args[0].decode(), args[1])
+            self._reply(conn, Status.OK)
+        elif op == Op.QUEUE_POP:
+            key = args[0].decode()
+            value = table.queue_pop(key)
+            if value is not None:
+                self._reply(conn, Status.OK, 0, [value])
+            elif num == NO_TIMEOUT:
+                self._reply(conn, Status.QUEUE_EMPTY)
+            else:
+                waiter = _Waiter(conn, op, [key])
+                self._queue_waiters.setdefault(key, deque()).append(waiter)
+                self._add_timer(waiter, num)
+        elif op == Op.QUEUE_LEN:
+            self._reply(conn, Status.OK, table.queue_len(args[0].decode()))
+        elif op == Op.PING:
+            self._reply(conn, Status.OK, num)
+        else:
+            raise ProtocolError(f"unknown opcode {op}")
+
+    def _try_finish(self, waiter: _Waiter) -> bool:
+        """Answer ``waiter`` if all its keys exist; otherwise park it on the first missing key."""
+        data = self._table.data
+        for key in waiter.keys:
+            if key not in data:
+                self._key_waiters.setdefault(key, []).append(waiter)
+                waiter.parked_on = key
+                return False
+        waiter.done = True
+        if waiter.op == Op.WAIT:
+            self._reply(waiter.conn, Status.OK)
+        else:
+            self._reply(waiter.conn, Status.OK, 0, [data[k] for k in waiter.keys])
+        return True
+
+    def _add_timer(self, waiter: _Waiter, timeout_ms: int) -> None:
+        """Answer ``waiter`` with TIMEOUT after ``timeout_ms`` (0 waits forever, as in torch)."""
+        if timeout_ms <= 0:
+            return
+        deadline = time.monotonic() + max(timeout_ms, 0) / 1000.0
+        heapq.heappush(self._timers, (deadline, next(self._timer_ids), waiter))
+
+    def _key_changed(self, key: str) -> None:
+        waiters = self._key_waiters.pop(key, None)
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done and not waiter.conn.closed:
+                    self._try_finish(waiter)
+
+    def _queue_push(self, key: str, value: bytes) -> None:
+        waiters = self._queue_waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done and not waiter.conn.closed:
+                waiter.done = True
+                self._reply(waiter.conn, Status.OK, 0, [value])
+                return
+        self._queue_waiters.pop(key, None)
+        self._table.queue_push(key, value)
+
+    # -- timeouts -----------------------------------------------------------------------------
+    def _next_timer_delay(self) -> float | None:
+        timers = self._timers
+        while timers and (timers[0][2].done or timers[0][2].conn.closed):
+            heapq.heappop(timers)
+        if not timers:
+            return None
+        return max(0.0, timers[0][0] - time.monotonic())
+
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, waiter = heapq.heappop(timers)
+            if waiter.done or waiter.conn.closed:
+                continue
+            waiter.done = True
+            if waiter.op == Op.QUEUE_POP:
+                missing = waiter.keys
+            else:
+                missing = self._table.missing(waiter.keys)
+                parked = self._key_waiters.get(waiter.parked_on)
+                if parked is not None:
+                    parked.remove(waiter)
+                    if not parked:
+                        del self._key_waiters[waiter.parked_on]
+            self._reply(waiter.conn, Status.TIMEOUT, 0, [k.encode() for k in missing])

@@ -1,0 +1,336 @@
+"""``TCPStore``: a store served over TCP by the master rank, reachable from any host.
+
+Mirrors ``torch.distributed.TCPStore``: the master (``is_master=True``) starts a server in a
+background thread of its own process (``port=0`` picks a free port, read back from ``.port``);
+every instance, master included, is a client of that server.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import timedelta
+
+from .._timeouts import Deadline, TimeoutLike, format_ms
+from ..errors import DistNetworkError, DistStoreError, QueueEmptyError
+from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
+from .table import INTERNAL_PREFIX
+from .tcp.connection import ClientConnection
+from .tcp.protocol import NO_TIMEOUT, Op, Status, encode
+from .tcp.server import StoreServer
+
+WORKERS_KEY = INTERNAL_PREFIX + "tcpstore/num_workers"
+WORKERS_READY_KEY = INTERNAL_PREFIX + "tcpstore/workers_ready"
+REPLY_GRACE_S = 10.0  # extra time a client gives the server to answer a server-timed wait
+
+
+class _SharedServers:
+    """Servers of ``multi_tenant`` masters in this process, shared per port and ref-counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_port: dict[int, list] = {}
+
+    def acquire(self, port: int, multi_tenant: bool, listen_fd: int | None) -> StoreServer:
+        """Start a server on ``port``, or share the running one when ``multi_tenant``."""
+        with self._lock:
+            entry = self._by_port.get(port) if multi_tenant and port else None
+            if entry is not None:
+                entry[1] += 1
+                return entry[0]
+            server = StoreServer(port, listen_fd)
+            if multi_tenant:
+                self._by_port[server.port] = [server, 1]
+            return server
+
+    def release(self, server: StoreServer) -> None:
+        """Drop one reference to ``server``; stop it when it was the last."""
+        with self._lock:
+            entry = self._by_port.get(server.port)
+            if entry is not None and entry[0] is server:
+                entry[1] -= 1
+                if entry[1] > 0:
+                    return
+                del self._by_port[server.port]
+        server.stop()
+
+
+_servers = _SharedServers()
+
+
+class _Resources:
+    """What a TCPStore must release: its socket and (for a master) its server reference."""
+
+    def __init__(self, server: StoreServer | None) -> None:
+        self.conn: ClientConnection | None = None
+        self.server = server
+
+    def release(self) -> None:
+        """Close the socket and release the server; idempotent."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.server is not None:
+            server, self.server = self.server, None
+            _servers.release(server)
+
+
+def _connect(host: str, port: int, seconds: float) -> socket.socket:
+    """Connect to ``host:port``, retrying refused connections until ``seconds`` pass."""
+    deadline = Deadline(seconds if seconds > 0 else 300.0)
+    delay = 0.01
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=max(deadline.remaining(), 0.05))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            if deadline.remaining() <= 0:
+                raise DistNetworkError(
+                    f"TCPStore client timed out after {format_ms(deadline.seconds)} trying to "
+                    f"connect to the server at {host}:{port}: {exc}"
+                ) from exc
+            time.sleep(min(delay, deadline.remaining()))
+            delay = min(delay * 2, 0.5)
+
+
+class TCPStore(Store):
+    """A key-value store served over TCP (torch.distributed.TCPStore).
+
+    ``world_size`` with ``wait_for_workers`` makes the master wait until that many instances
+    (itself included) have connected. ``multi_tenant`` masters in one process share a server.
+    """
+
+    def __init__(
+        self,
+        host_name: str,
+        port: int,
+        world_size: int | None = None,
+        is_master: bool = False,
+        timeout: TimeoutLike = timedelta(seconds=300),
+        wait_for_workers: bool = True,
+        multi_tenant: bool = False,
+        master_listen_fd: int | None = None,
+        use_libuv: bool = True,
+    ) -> None:
+        super().__init__(timeout)
+        if not isinstance(host_name, str) or not host_name:
+            raise ValueError(f"TCPStore host_name must be a non-empty str, got {host_name!r}")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"TCPStore port must be an int in [0, 65535], got {port!r}")
+        if world_size is not None and world_size != -1 and world_size < 1:
+            raise ValueError(f"TCPStore world_size must be positive, got {world_size}")
+        if port == 0 and not is_master:
+            raise ValueError("TCPStore port 0 (pick a free port) is only valid for the master")
+        self.host = host_name
+        self.world_size = None if world_size == -1 else world_size
+        self._lock = threading.Lock()
+        server = _servers.acquire(port, multi_tenant, master_listen_fd) if is_master else None
+        self._resources = _Resources(server)
+        self._finalizer = weakref.finalize(self, self._resources.release)
+        self.port: int = server.port if server is not None else port
+        try:
+            self._resources.conn = ClientConnection(
+                _connect(host_name, self.port, self.timeout.total_seconds())
+            )
+            if self.world_size is not None and wait_for_workers:
+                self._join(is_master)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def libuvBackend(self) -> bool:
+        """Always False: pyc10d's server is a Python selectors loop, not libuv."""
+        return False
+
+    def close(self) -> None:
+        """Close the connection (and, on the master, stop the server once unused)."""
+        self._finalizer()
+
+    def __enter__(self) -> TCPStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _join(self, is_master: bool) -> None:
+        """Count this instance in; the master waits until ``world_size`` have joined."""
+        assert self.world_size is not None
+        if self.add(WORKERS_KEY, 1) == self.world_size:
+            self.set(WORKERS_READY_KEY, b"1")
+        if not is_master:
+            return
+        try:
+            self.wait([WORKERS_READY_KEY])
+        except DistStoreError:
+            joined = int(self.get_nowait(WORKERS_KEY) or b"0")
+            raise DistStoreError(
+                f"TCPStore master timed out after {format_ms(self.timeout.total_seconds())} "
+                f"waiting for clients: {joined}/{self.world_size} clients joined"
+            ) from None
+
+    # -- transport ----------------------------------------------------------------------------
+    def _io_timeout(self, wait_s: float | None) -> float:
+        """How long to wait for the server: the store timeout, or a server-timed wait plus grace."""
+        if wait_s is None:
+            return self.timeout.total_seconds() or float("inf")
+        return wait_s + REPLY_GRACE_S if wait_s > 0 else float("inf")
+
+    def _call(self, op: int, num: int = 0, args: Sequence[bytes] = (), wait_s: float | None = None):
+        """Send one request and return ``(num, args)`` of its reply, raising on error statuses."""
+        frame = encode(op, num, args)
+        with self._lock:
+            conn = self._resources.conn
+            if conn is None:
+                raise DistStoreError(f"TCPStore to {self.host}:{self.port} is closed")
+            try:
+                conn.send(frame, self._io_timeout(None))
+                reply = conn.receive(self._io_timeout(wait_s))
+            except TimeoutError as exc:
+                self._resources.release()
+                raise DistStoreError(
+                    f"TCPStore timed out after {exc} waiting for the server at "
+                    f"{self.host}:{self.port} to answer"
+                ) from None
+            except (OSError, ValueError) as exc:
+                self._resources.release()
+                raise DistNetworkError(
+                    f"TCPStore lost its connection to the server at {self.host}:{self.port}: {exc}"
+                ) from exc
+        status, rnum, rargs = reply
+        if status == Status.OK:
+            return rnum, rargs
+        if status == Status.TIMEOUT:
+            raise _ServerTimeout([k.decode(errors="replace") for k in rargs])
+        message = rargs[0].decode(errors="replace") if rargs else ""
+        if status == Status.VALUE_ERROR:
+            raise ValueError(message)
+        if status == Status.QUEUE_EMPTY:
+            raise QueueEmptyError("queue is empty")
+        raise DistStoreError(f"TCPStore server error: {message or Status(status).name}")
+
+    def _post(self, op: int, args: Sequence[bytes]) -> None:
+        """Send a request the server does not answer (SET, MULTI_SET), as torch's client does."""
+        frame = encode(op, 0, args)
+        with self._lock:
+            conn = self._resources.conn
+            if conn is None:
+                raise DistStoreError(f"TCPStore to {self.host}:{self.port} is closed")
+            try:
+                conn.send(frame, self._io_timeout(None))
+            except (OSError, ValueError) as exc:
+                self._resources.release()
+                raise DistNetworkError(
+                    f"TCPStore lost its connection to the server at {self.host}:{self.port}: {exc}"
+                ) from exc
+
+    def _blocking(self, op: int, keys: list[str], timeout: TimeoutLike | None):
+        """A request the server holds until ``keys`` exist; its timeout becomes a DistStoreError."""
+        seconds = self._wait_seconds(timeout)
+        millis = max(1, round(seconds * 1000)) if seconds > 0 else 0
+        try:
+            return self._call(op, millis, [k.encode() for k in keys], wait_s=seconds)
+        except _ServerTimeout as exc:
+            raise timeout_error("TCPStore", keys, exc.missing, seconds) from None
+
+    # -- Store API ----------------------------------------------------------------------------
+    def set(self, key: str, value: ValueLike) -> None:
+        """Set ``key`` to ``value``."""
+        self._post(Op.SET, (check_key(key).encode(), to_bytes(value)))
+
+    def get(self, key: str) -> bytes:
+        """Return ``key``'s value, waiting up to the store timeout for it."""
+        return self._blocking(Op.GET, [check_key(key)], None)[1][0]
+
+    def get_nowait(self, key: str) -> bytes | None:
+        """Return ``key``'s value, or None if it is not set (pyc10d extension)."""
+        check_key(key)
+        if not self.check([key]):
+            return None
+        return self.get(key)
+
+    def add(self, key: str, amount: int) -> int:
+        """Atomically add ``amount`` to the counter at ``key`` and return the new value."""
+        return self._call(Op.ADD, int(amount), (check_key(key).encode(),))[0]
+
+    def compare_set(self, key: str, expected_value: ValueLike, desired_value: ValueLike) -> bytes:
+        """torch's compare-and-set; see :meth:`Store.compare_set`."""
+        args = (check_key(key).encode(), to_bytes(expected_value), to_bytes(desired_value))
+        return self._call(Op.COMPARE_SET, 0, args)[1][0]
+
+    def wait(self, keys: Sequence[str], timeout: TimeoutLike | None = None) -> None:
+        """Block until all ``keys`` exist, or raise DistStoreError after ``timeout``."""
+        self._blocking(Op.WAIT, check_keys(keys), timeout)
+
+    def multi_get(self, keys: Sequence[str]) -> list[bytes]:
+        """Values of ``keys``, waiting for all of them (one round trip)."""
+        keys = check_keys(keys)
+        return self._blocking(Op.MULTI_GET, keys, None)[1] if keys else []
+
+    def multi_set(self, keys: Sequence[str], values: Sequence[ValueLike]) -> None:
+        """Set many keys in one round trip."""
+        keys = check_keys(keys)
+        if len(keys) != len(values):
+            raise ValueError(f"multi_set got {len(keys)} keys but {len(values)} values")
+        args: list[bytes] = []
+        for key, value in zip(keys, values, strict=True):
+            args += (key.encode(), to_bytes(value))
+        self._post(Op.MULTI_SET, args)
+
+    def append(self, key: str, value: ValueLike) -> None:
+        """Append ``value`` to ``key`` atomically (sets it if unset)."""
+        self._call(Op.APPEND, 0, (check_key(key).encode(), to_bytes(value)))
+
+    def check(self, keys: Sequence[str]) -> bool:
+        """True if all ``keys`` exist."""
+        return bool(self._call(Op.CHECK, 0, [k.encode() for k in check_keys(keys)])[0])
+
+    def delete_key(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        return bool(self._call(Op.DELETE, 0, (check_key(key).encode(),))[0])
+
+    def num_keys(self) -> int:
+        """Number of keys in the store."""
+        return self._call(Op.NUM_KEYS)[0]
+
+    def list_keys(self) -> list[str]:
+        """Every key in the store."""
+        return [k.decode() for k in self._call(Op.LIST_KEYS)[1]]
+
+    def queue_push(self, key: str, value: ValueLike) -> None:
+        """Push ``value`` onto queue ``key``."""
+        self._call(Op.QUEUE_PUSH, 0, (check_key(key).encode(), to_bytes(value)))
+
+    def queue_pop(self, key: str, block: bool = True) -> bytes:
+        """Pop the front of queue ``key``, waiting up to the store timeout if ``block``."""
+        check_key(key)
+        if not block:
+            return self._call(Op.QUEUE_POP, NO_TIMEOUT, (key.encode(),))[1][0]
+        return self._blocking(Op.QUEUE_POP, [key], None)[1][0]
+
+    def queue_len(self, key: str) -> int:
+        """Number of items in queue ``key``."""
+        return self._call(Op.QUEUE_LEN, 0, (check_key(key).encode(),))[0]
+
+    def ping(self) -> None:
+        """One round trip to the server (raises if it is gone)."""
+        self._call(Op.PING)
+
+    def clone(self) -> TCPStore:
+        """A new client connection to the same server, for use from another thread."""
+        return TCPStore(self.host, self.port, None, False, self.timeout, wait_for_workers=False)
+
+    def __repr__(self) -> str:
+        return f"TCPStore(host={self.host!r}, port={self.port})"
+
+
+class _ServerTimeout(Exception):
+    """Internal: the server answered TIMEOUT for the keys in ``missing``."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(missing)
+        self.missing = missing
