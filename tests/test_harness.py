@@ -17,6 +17,7 @@ import time
 import psutil
 import pytest
 
+import pyc10d as dist
 import pyc10d.testing.harness as harness
 from pyc10d.testing import (
     RankContext,
@@ -108,6 +109,14 @@ def rank_starts_subprocess(ctx: RankContext) -> int:
     return child.pid
 
 
+def rank_exchange(ctx: RankContext, init_method: str | None) -> str:
+    """The example of the pyc10d.testing docstring (``None``: its ``file://`` init method)."""
+    url = init_method or ctx.init_method
+    store, rank, size = next(dist.rendezvous(url, ctx.rank, ctx.world_size))
+    store.set(f"hello/{rank}", f"from {rank}")
+    return store.get(f"hello/{(rank + 1) % size}").decode()
+
+
 def rank_nothing(ctx: RankContext) -> int:
     return ctx.rank
 
@@ -177,6 +186,13 @@ def test_store_is_shared_and_fresh(world_size):
         assert results == [(0, f"hello {tag}".encode())] * world_size
 
 
+@world_sizes(2, 3)
+@pytest.mark.parametrize("init_method", [None, "env://"])
+def test_documented_example_with_rendezvous(world_size, init_method):
+    results = spawn(rank_exchange, world_size, args=(init_method,), timeout=30)
+    assert results == [f"from {(r + 1) % world_size}" for r in range(world_size)]
+
+
 # -- failures -------------------------------------------------------------------------------------
 
 
@@ -214,7 +230,7 @@ def test_all_failures_listed_first_one_first():
     assert message.startswith("rank 1 failed:")
     assert "KeyError: 'first failure'" in message
     assert "rank 0 failed:" in message and "rank 2 failed:" in message
-    assert list(info.value.failures)[0] == 1 and set(info.value.failures) == {0, 1, 2}
+    assert info.value.rank == 1 and set(info.value.failures) == {0, 1, 2}
 
 
 def test_ranks_still_running_after_a_failure_are_killed(monkeypatch):
@@ -232,15 +248,14 @@ def test_ranks_still_running_after_a_failure_are_killed(monkeypatch):
 # -- timeouts -------------------------------------------------------------------------------------
 
 
-@world_sizes(2, 3)
-def test_hang_times_out_with_stack_dump(world_size):
+def test_hang_times_out_with_stack_dump():
     start = time.monotonic()
     with pytest.raises(RankTimeoutError) as info:
-        spawn(rank_hangs, world_size, timeout=3)
+        spawn(rank_hangs, 3, timeout=3)
     assert time.monotonic() - start < 10
     message = str(info.value)
     assert isinstance(info.value, AssertionError)
-    assert message.startswith("rank(s) 1 still running after the timeout of 3 s")
+    assert message.startswith("rank(s) 1 still running after the timeout of 3 s (rank(s) 0, 2")
     assert info.value.ranks == [1] and info.value.timeout == 3
     assert "in rank_hangs" in info.value.stacks[1]
     assert "in rank_hangs" in message

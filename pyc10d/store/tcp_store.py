@@ -214,7 +214,14 @@ class TCPStore(Store):
         raise DistStoreError(f"TCPStore server error: {message or Status(status).name}")
 
     def _post(self, op: int, args: Sequence[bytes]) -> None:
-        """Send a request the server does not answer (SET, MULTI_SET), as torch's client does."""
+        """Send a SET/MULTI_SET without waiting for the server to apply it, as torch's client does.
+
+        The master's own client waits for an acknowledgement instead: its server thread dies
+        with the process, so a write still queued when the master exits would be lost.
+        """
+        if self._resources.server is not None:
+            self._call(op, 1, args)
+            return
         frame = encode(op, 0, args)
         with self._lock:
             conn = self._resources.conn

@@ -5,24 +5,20 @@ the values they return, in rank order. ``ctx`` is a :class:`RankContext`: ``rank
 ``world_size``, a fresh ``tmpdir``, an ``init_file``/``init_method`` (``file://``) for rendezvous,
 and ``store``, a client of a fresh, empty TCPStore the parent hosts for the run. Each rank also has
 ``MASTER_ADDR``, ``MASTER_PORT`` (a free port), ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set,
-so ``env://`` rendezvous works too. For example, in ``tests/test_allreduce.py``::
+so ``env://`` rendezvous works too. For example, in ``tests/test_exchange.py``::
 
     import pyc10d as dist
-    import torch
     from pyc10d.testing import spawn, world_sizes
 
-    def allreduce_rank(ctx):  # module level: the ranks import it by name
-        dist.init_process_group("gloo", init_method=ctx.init_method,
-                                rank=ctx.rank, world_size=ctx.world_size)
-        t = torch.tensor([ctx.rank + 1.0])
-        dist.all_reduce(t)
-        dist.destroy_process_group()
-        return t.item()
+    def exchange(ctx):  # module level: each rank imports it by name
+        store, rank, size = next(dist.rendezvous(ctx.init_method, ctx.rank, ctx.world_size))
+        store.set(f"hello/{rank}", f"from {rank}")
+        return store.get(f"hello/{(rank + 1) % size}").decode()
 
     @world_sizes(2, 3)
-    def test_allreduce(world_size):
-        expected = world_size * (world_size + 1) / 2
-        assert spawn(allreduce_rank, world_size, timeout=30) == [expected] * world_size
+    def test_exchange(world_size):
+        results = spawn(exchange, world_size, timeout=30)
+        assert results == [f"from {(r + 1) % world_size}" for r in range(world_size)]
 
 Failures are test failures: if a rank raises, :class:`RankFailedError` (an AssertionError) starts
 with ``rank N failed:`` and that rank's traceback; a rank that dies without one (``os._exit``, a
@@ -31,11 +27,15 @@ then are killed. If ranks are still running after ``timeout`` seconds, :class:`R
 names them and shows their Python stacks (dumped by faulthandler on SIGUSR1). Every rank is killed
 and reaped, and the temporary directory removed, before ``spawn`` returns or raises.
 
-Rank functions must be importable by the child processes: define them at module level in a module
-on ``sys.path``. pytest's default ``prepend`` import mode makes test modules importable; with
-``--import-mode=importlib`` they are not, so put rank functions in a helper module instead. The
-default start method, ``forkserver``, preloads torch and pyc10d once, so that a run costs a fork
-per rank rather than a fresh interpreter importing torch (``start_method="spawn"``).
+Rank functions are pickled by reference, so each rank imports their module by name: define them
+at module level, in a module that a fresh process can import under the same name (a test module
+is, with pytest's default ``prepend`` import mode). A rank that cannot import it exits with code 1
+and prints why on its stderr. The default start method, ``forkserver``, imports torch and pyc10d
+(and pytest, when loaded) once in a server process that then forks each rank: a run costs tens of
+milliseconds, not a fresh interpreter importing torch per rank (``start_method="spawn"``).
+
+The harness owns SIGUSR1 in the ranks (for the stack dumps) and puts each rank in its own process
+group, so that processes a rank starts are killed with it.
 """
 
 from .context import RankContext

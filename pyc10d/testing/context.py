@@ -17,6 +17,7 @@ class RankContext:
     ``master_addr``/``master_port`` address a fresh TCPStore server hosted by the parent for this
     run (use :attr:`store` for a connected client). The ``MASTER_PORT`` environment variable is a
     different, free port, so that ``env://`` rendezvous can host its own server on rank 0.
+    ``env`` holds the environment variables the harness set for this rank.
     """
 
     rank: int

@@ -14,6 +14,7 @@ import pickle
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,7 +93,8 @@ class _Rank:
         self._close_conn()
         code = self.process.exitcode
         if self.outcome is None:
-            self.outcome = ("error", f"process {describe_exit(code)} without reporting a result")
+            text = f"process {describe_exit(code)} without reporting a result (see its stderr)"
+            self.outcome = ("error", text)
         elif self.outcome[0] == "ok" and code != 0:
             self.outcome = ("error", f"process returned its result, then {describe_exit(code)}")
 
@@ -229,7 +231,9 @@ def _mp_context(start_method: str) -> multiprocessing.context.BaseContext:
         raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)  # type: ignore[attr-defined]
+        # Rank functions usually live in test modules, which import pytest: preload it as well.
+        extra = ["pytest"] if "pytest" in sys.modules else []
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD + extra)  # type: ignore[attr-defined]
     return ctx
 
 

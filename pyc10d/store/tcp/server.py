@@ -13,7 +13,7 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import socket
 import threading
 import time
@@ -26,6 +26,45 @@ from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 1 << 18
+SPIN_POLLS = 16  # zero-timeout polls after activity before the loop blocks (~30 µs)
+
+if hasattr(select, "epoll"):
+    READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+    READ_OR_HUP = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+else:  # pragma: no cover - non-Linux
+    READ, WRITE = select.POLLIN, select.POLLOUT
+    READ_OR_HUP = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class _Poller:
+    """epoll where available (Linux), else poll; timeouts in seconds, None blocks."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._impl = self._epoll or select.poll()
+
+    def register(self, fd: int, mask: int) -> None:
+        """Watch ``fd`` for ``mask``."""
+        self._impl.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        """Change what ``fd`` is watched for."""
+        self._impl.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd``."""
+        self._impl.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        """Ready ``(fd, mask)`` pairs, waiting up to ``timeout`` seconds (None: forever)."""
+        if self._epoll is not None:
+            return self._epoll.poll(-1 if timeout is None else timeout)
+        return self._impl.poll(None if timeout is None else timeout * 1000)
+
+    def close(self) -> None:
+        """Release the epoll descriptor."""
+        if self._epoll is not None:
+            self._epoll.close()
 
 
 class _Connection:
@@ -92,7 +131,8 @@ class StoreServer:
         self._timers: list[tuple[float, int, _Waiter]] = []
         self._timer_ids = itertools.count()
         self._connections: set[_Connection] = set()
-        self._selector = selectors.DefaultSelector()
+        self._poller = _Poller()
+        self._by_fd: dict[int, _Connection] = {}
         self._recv_buffer = bytearray(RECV_SIZE)
         self._recv_view = memoryview(self._recv_buffer)
         self._wake_r, self._wake_w = os.pipe()
@@ -115,30 +155,39 @@ class StoreServer:
             self._thread.join()
 
     def _run(self) -> None:
-        sel = self._selector
-        sel.register(self._listener, selectors.EVENT_READ, None)
-        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        poller = self._poller
+        listen_fd, wake_fd = self._listener.fileno(), self._wake_r
+        poller.register(listen_fd, READ)
+        poller.register(wake_fd, READ)
+        by_fd = self._by_fd
+        idle_polls = 0
         try:
             while not self._stopping:
-                for key, events in sel.select(self._next_timer_delay()):
-                    if key.data is None:
-                        self._accept()
-                    elif key.data == "wake":
-                        with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 64)
-                    else:
-                        conn: _Connection = key.data
-                        if events & selectors.EVENT_READ:
+                # after activity, re-poll without sleeping for a moment: the next request of a
+                # busy client usually arrives within microseconds, and a wake-up costs more
+                timeout = 0.0 if idle_polls < SPIN_POLLS else self._next_timer_delay()
+                events = poller.poll(timeout)
+                idle_polls = idle_polls + 1 if not events else 0
+                for fd, mask in events:
+                    conn = by_fd.get(fd)
+                    if conn is not None:
+                        if mask & READ_OR_HUP:
                             self._on_readable(conn)
-                        if events & selectors.EVENT_WRITE and not conn.closed:
+                        if mask & WRITE and not conn.closed:
                             self._flush(conn)
-                self._fire_timers()
+                    elif fd == listen_fd:
+                        self._accept()
+                    elif fd == wake_fd:
+                        with contextlib.suppress(OSError):
+                            os.read(wake_fd, 64)
+                if self._timers:
+                    self._fire_timers()
         except Exception:  # pragma: no cover - a bug in the loop must not pass silently
             log.exception("pyc10d TCPStore server loop crashed")
         finally:
             for conn in list(self._connections):
                 self._close(conn)
-            sel.close()
+            poller.close()
             self._listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -157,15 +206,18 @@ class StoreServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(sock, peer)
             self._connections.add(conn)
-            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self._by_fd[sock.fileno()] = conn
+            self._poller.register(sock.fileno(), READ)
 
     def _close(self, conn: _Connection) -> None:
         if conn.closed:
             return
         conn.closed = True
         self._connections.discard(conn)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
+        fd = conn.sock.fileno()
+        self._by_fd.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._poller.unregister(fd)
         conn.sock.close()
 
     def _on_readable(self, conn: _Connection) -> None:
@@ -211,7 +263,7 @@ class StoreServer:
             return
         if sent < len(frame):
             conn.outbuf += frame[sent:]
-            self._selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            self._poller.modify(conn.sock.fileno(), READ | WRITE)
 
     def _flush(self, conn: _Connection) -> None:
         try:
@@ -223,7 +275,7 @@ class StoreServer:
             return
         del conn.outbuf[:sent]
         if not conn.outbuf:
-            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            self._poller.modify(conn.sock.fileno(), READ)
 
     # -- requests -----------------------------------------------------------------------------
     def _handle(self, conn: _Connection, op: int, num: int, args: list[bytes]) -> None:
@@ -235,8 +287,12 @@ class StoreServer:
                 self._add_timer(waiter, num)
         elif op == Op.SET:
             key = args[0].decode()
-            table.set(key, args[1])  # no reply: clients do not wait for SET (as in torch)
+            table.set(key, args[1])
+            # waiters are answered before the writer, so a writer that exits as soon as it
+            # hears back cannot take the (in-process) server down before they are told
             self._key_changed(key)
+            if num:  # acknowledged only when asked: clients do not wait for SET (as in torch)
+                self._reply(conn, Status.OK)
         elif op == Op.ADD:
             key = args[0].decode()
             try:
@@ -244,13 +300,13 @@ class StoreServer:
             except ValueError as exc:
                 self._reply(conn, Status.VALUE_ERROR, 0, [str(exc).encode()])
                 return
-            self._reply(conn, Status.OK, total)
             self._key_changed(key)
+            self._reply(conn, Status.OK, total)
         elif op == Op.COMPARE_SET:
             key = args[0].decode()
             result = table.compare_set(key, args[1], args[2])
-            self._reply(conn, Status.OK, 0, [result])
             self._key_changed(key)
+            self._reply(conn, Status.OK, 0, [result])
         elif op == Op.CHECK:
             self._reply(conn, Status.OK, int(not table.missing(a.decode() for a in args)))
         elif op == Op.DELETE:
@@ -267,11 +323,13 @@ class StoreServer:
                 table.set(key, value)
             for key in keys:
                 self._key_changed(key)
+            if num:
+                self._reply(conn, Status.OK)
         elif op == Op.APPEND:
             key = args[0].decode()
             table.append(key, args[1])
-            self._reply(conn, Status.OK)
             self._key_changed(key)
+            self._reply(conn, Status.OK)
         elif op == Op.QUEUE_PUSH:
             self._queue_push(args[0].decode(), args[1])
             self._reply(conn, Status.OK)
