@@ -35,7 +35,9 @@ def test_tcp_two_ranks_share_a_store():
     results = {}
 
     def rank1():
-        results[1] = next(rendezvous(f"tcp://127.0.0.1:{port}", 1, 2, timeout=timedelta(seconds=10)))
+        results[1] = next(
+            rendezvous(f"tcp://127.0.0.1:{port}", 1, 2, timeout=timedelta(seconds=10))
+        )
 
     thread = threading.Thread(target=rank1)
     thread.start()

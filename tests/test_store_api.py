@@ -1,4 +1,4 @@
-"""The Store API, the same assertions on every store: HashStore, FileStore, TCPStore, PrefixStore."""
+"""The Store API, with the same assertions on every store (Hash, File, TCP, Prefix)."""
 
 from __future__ import annotations
 
