@@ -2,7 +2,9 @@
 
 The socket is non-blocking. A reply is first awaited by briefly re-trying ``recv`` (the server
 usually answers within tens of microseconds, and a sleep/wake-up costs more than that), then by
-blocking in ``poll`` until the deadline.
+blocking in ``poll`` until the deadline. The spin adapts: when replies stop arriving within it
+(an oversubscribed machine, where spinning only steals the server's CPU) it shrinks to nothing,
+probing again now and then.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import select
 import socket
 import time
 
-from .protocol import decode
+from .protocol import ProtocolError, decode, frame_size
 
-SPIN_TRIES = 48  # non-blocking recv attempts before blocking in poll (~50 µs)
+SPIN_MAX = 48  # non-blocking recv attempts before blocking in poll (~50 µs)
+SPIN_PROBE = 8  # spin tried again after this many replies that needed no spin budget
 
 
 class ClientConnection:
@@ -29,6 +32,8 @@ class ClientConnection:
         self._readable.register(sock, select.POLLIN)
         self._writable = select.poll()
         self._writable.register(sock, select.POLLOUT)
+        self._spin = SPIN_MAX
+        self._since_probe = 0
 
     def close(self) -> None:
         """Close the socket."""
@@ -43,7 +48,13 @@ class ClientConnection:
 
     def send(self, frame: bytes, seconds: float) -> None:
         """Send all of ``frame`` within ``seconds`` (TimeoutError otherwise)."""
-        view = memoryview(frame)
+        try:
+            sent = self.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(frame):
+            return
+        view = memoryview(frame)[sent:]
         deadline = time.monotonic() + seconds
         while view:
             try:
@@ -54,14 +65,26 @@ class ClientConnection:
     def receive(self, seconds: float) -> tuple[int, int, list[bytes]]:
         """Receive one reply frame ``(status, num, args)`` within ``seconds``."""
         buf = self._inbuf
-        spins = SPIN_TRIES
+        spins = self._spin
+        if not spins:
+            self._since_probe += 1
+            if self._since_probe >= SPIN_PROBE:
+                self._since_probe = 0
+                spins = SPIN_PROBE
         deadline = None
+        needed = frame_size(buf)
         while True:
-            reply = decode(buf, 0)
-            if reply is not None:
-                end, status, num, args = reply
-                del buf[:end]
-                return status, num, args
+            if len(buf) >= needed:
+                needed = frame_size(buf)  # the header was incomplete before: now it is known
+                if len(buf) >= needed:
+                    frame = bytes(buf[:needed])
+                    del buf[:needed]
+                    reply = decode(frame, 0)
+                    if reply is None:  # pragma: no cover - frame_size said it is complete
+                        raise ProtocolError("incomplete reply frame")
+                    if deadline is None and spins:  # answered while spinning: spinning pays
+                        self._spin = SPIN_MAX
+                    return reply[1], reply[2], reply[3]
             try:
                 size = self.sock.recv_into(self._chunk)
             except BlockingIOError:
@@ -69,6 +92,7 @@ class ClientConnection:
                     spins -= 1
                     continue
                 if deadline is None:
+                    self._spin //= 2  # spun in vain: spin less next time
                     deadline = time.monotonic() + seconds
                 self._wait(self._readable, deadline, seconds)
                 continue

@@ -48,14 +48,25 @@ class Status(enum.IntEnum):
     ERROR = 4  # args: message
 
 
-class ProtocolError(Exception):
+class ProtocolError(ValueError):
     """A peer sent bytes that are not a valid frame."""
+
+
+HEADER_1ARG = struct.Struct("<IBIqI")  # a header and the length of a single argument
 
 
 def encode(code: int, num: int = 0, args: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
     """Build one frame."""
     if not args:
         return HEADER.pack(HEADER_BODY, code, 0, num)
+    if len(args) == 1 and len(args[0]) < MAX_FRAME - 64:  # the common case, without the loop
+        arg = args[0]
+        return HEADER_1ARG.pack(HEADER_BODY + 4 + len(arg), code, 1, num, len(arg)) + arg
+    if len(args) == 2 and len(args[0]) + len(args[1]) < MAX_FRAME - 64:  # key and value
+        key, value = args
+        size = HEADER_BODY + 8 + len(key) + len(value)
+        head = HEADER_1ARG.pack(size, code, 2, num, len(key))
+        return b"".join((head, key, ARG_LEN.pack(len(value)), value))
     parts = [b""]
     size = HEADER_BODY
     for arg in args:
@@ -68,9 +79,17 @@ def encode(code: int, num: int = 0, args: tuple[bytes, ...] | list[bytes] = ()) 
     return b"".join(parts)
 
 
-def decode(buf: bytearray | bytes, offset: int) -> tuple[int, int, int, list[bytes]] | None:
+def frame_size(buf: bytearray | bytes) -> int:
+    """Total bytes of the frame starting ``buf`` (its header may be incomplete: at least 4)."""
+    if len(buf) < 4:
+        return 4
+    return 4 + ARG_LEN.unpack_from(buf, 0)[0]
+
+
+def decode(buf: bytes, offset: int) -> tuple[int, int, int, list[bytes]] | None:
     """Parse the frame at ``offset``: ``(end offset, code, num, args)``, or None if incomplete.
 
+    ``args`` are slices of ``buf``: pass ``bytes`` to get ``bytes`` arguments.
     Raises ProtocolError for a length or argument layout that cannot be valid.
     """
     available = len(buf) - offset
@@ -85,6 +104,11 @@ def decode(buf: bytearray | bytes, offset: int) -> tuple[int, int, int, list[byt
     if len(buf) < end:
         return None
     pos = offset + HEADER.size
+    if nargs == 1 and pos + 4 <= end:  # the common case, without the loop
+        (length,) = ARG_LEN.unpack_from(buf, pos)
+        if pos + 4 + length != end:
+            raise ProtocolError("argument length does not match the frame")
+        return end, code, num, [buf[pos + 4 : end]]
     args = []
     for _ in range(nargs):
         if pos + 4 > end:
@@ -93,7 +117,7 @@ def decode(buf: bytearray | bytes, offset: int) -> tuple[int, int, int, list[byt
         pos += 4
         if pos + length > end:
             raise ProtocolError("argument past the end of the frame")
-        args.append(bytes(buf[pos : pos + length]))
+        args.append(buf[pos : pos + length])
         pos += length
     if pos != end:
         raise ProtocolError("trailing bytes in frame")

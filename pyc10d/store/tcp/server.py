@@ -21,11 +21,11 @@ from collections import deque
 
 from ...errors import DistNetworkError
 from ..table import KeyValueTable
-from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode
+from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode, frame_size
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 1 << 18
+RECV_SIZE = 1 << 16
 SPIN_POLLS = 16  # zero-timeout polls after activity before the loop blocks (~30 µs)
 
 if hasattr(select, "epoll"):
@@ -70,12 +70,13 @@ class _Poller:
 class _Connection:
     """One client's socket and buffers."""
 
-    __slots__ = ("closed", "inbuf", "outbuf", "peer", "sock")
+    __slots__ = ("closed", "inbuf", "needed", "outbuf", "peer", "sock")
 
     def __init__(self, sock: socket.socket, peer: object) -> None:
         self.sock = sock
         self.peer = peer
-        self.inbuf = bytearray()
+        self.inbuf = bytearray()  # the start of a frame that spans reads
+        self.needed = 0  # bytes ``inbuf`` must reach before it holds a whole frame
         self.outbuf = bytearray()
         self.closed = False
 
@@ -133,8 +134,6 @@ class StoreServer:
         self._connections: set[_Connection] = set()
         self._poller = _Poller()
         self._by_fd: dict[int, _Connection] = {}
-        self._recv_buffer = bytearray(RECV_SIZE)
-        self._recv_view = memoryview(self._recv_buffer)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stopping = False
@@ -222,20 +221,24 @@ class StoreServer:
 
     def _on_readable(self, conn: _Connection) -> None:
         try:
-            size = conn.sock.recv_into(self._recv_buffer)
+            data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            size = 0
-        if not size:
+            data = b""
+        if not data:
             self._close(conn)  # a frame cut off mid-way is dropped with the connection
             return
-        buf = conn.inbuf
-        buf += self._recv_view[:size]
+        if conn.inbuf:  # finishing a frame that spans reads: gather until it is complete
+            conn.inbuf += data
+            if len(conn.inbuf) < conn.needed:
+                return
+            data = bytes(conn.inbuf)
+            conn.inbuf.clear()
         offset = 0
         try:
             while not conn.closed:
-                frame = decode(buf, offset)
+                frame = decode(data, offset)
                 if frame is None:
                     break
                 offset, op, num, args = frame
@@ -244,8 +247,9 @@ class StoreServer:
             log.warning("TCPStore server dropping client %s: %s", conn.peer, exc)
             self._close(conn)
             return
-        if offset:
-            del buf[:offset]
+        if offset < len(data):
+            conn.inbuf += data[offset:]
+            conn.needed = frame_size(conn.inbuf)
 
     def _reply(self, conn: _Connection, status: int, num: int = 0, args=()) -> None:
         if conn.closed:
