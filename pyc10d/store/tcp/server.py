@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 1 << 16
 SPIN_POLLS = 16  # zero-timeout polls after activity before the loop blocks (~30 µs)
+SPIN_PROBE = 8  # with spinning switched off, try it again after this many blocking waits
 
 if hasattr(select, "epoll"):
     READ, WRITE = select.EPOLLIN, select.EPOLLOUT
@@ -159,14 +160,28 @@ class StoreServer:
         poller.register(listen_fd, READ)
         poller.register(wake_fd, READ)
         by_fd = self._by_fd
+        spin = SPIN_POLLS  # adapts: grows back when spinning finds work, halves when it does not
         idle_polls = 0
+        blocked = 0
         try:
             while not self._stopping:
                 # after activity, re-poll without sleeping for a moment: the next request of a
                 # busy client usually arrives within microseconds, and a wake-up costs more
-                timeout = 0.0 if idle_polls < SPIN_POLLS else self._next_timer_delay()
-                events = poller.poll(timeout)
-                idle_polls = idle_polls + 1 if not events else 0
+                if idle_polls < spin:
+                    events = poller.poll(0.0)
+                else:
+                    if idle_polls == spin and spin:
+                        spin //= 2
+                    blocked += 1
+                    if not spin and blocked >= SPIN_PROBE:
+                        spin, blocked = SPIN_PROBE, 0
+                    events = poller.poll(self._next_timer_delay())
+                if not events:
+                    idle_polls += 1
+                elif idle_polls:
+                    if idle_polls < spin:  # the spin caught this request: keep spinning
+                        spin = SPIN_POLLS
+                    idle_polls = 0
                 for fd, mask in events:
                     conn = by_fd.get(fd)
                     if conn is not None:
