@@ -1,0 +1,289 @@
+"""The receiver thread of a TCP transport: one epoll loop reading every peer's socket.
+
+Each readable socket is read as far as it goes without blocking. Headers and small payloads are
+read into the connection's scratch buffer and delivered from there; a payload that continues past
+what has arrived streams straight into the posted receive's buffer (or a new buffer when none is
+posted yet), so big messages are read with no extra copy and peers are served in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Callable
+
+from ..errors import DistBackendError
+from .base import PeerFailedError
+from .mailbox import CANCELLED, DONE, FAILED, FILLING, Mailbox, PendingRecv
+from .tcp_conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
+
+JOIN_TIMEOUT_S = 10.0
+_unpack_header = HEADER.unpack_from
+
+
+class Receiver:
+    """Reads all ``conns`` on a daemon thread and feeds ``mailbox``; ``on_fail`` is called
+    (on that thread) once the transport has failed because a peer was lost."""
+
+    def __init__(
+        self,
+        name: str,
+        conns: list[PeerConn],
+        mailbox: Mailbox,
+        on_fail: Callable[[], None],
+    ) -> None:
+        self._conns = conns
+        self._mb = mailbox
+        self._on_fail = on_fail
+        self._by_fd = {c.fd: c for c in conns}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd_lock = threading.Lock()
+        self._ep = select.epoll()
+        for c in conns:
+            self._ep.register(c.fd, select.EPOLLIN)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._ready: list[PendingRecv] = []  # settled receives to wake before blocking again
+        self._stop_error: DistBackendError | None = None
+        self._after_exit: Callable[[], None] | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.thread.start()
+
+    def wake(self) -> None:
+        """Make the thread look at cancelled receives (and its stop request) soon."""
+        with self._fd_lock:
+            if self._wake_w < 0:
+                return
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
+                pass
+
+    def stop(self, err: DistBackendError, after_exit: Callable[[], None]) -> None:
+        """Stop the thread, failing whatever still waits with ``err``; then run ``after_exit``.
+
+        From another thread this joins the receiver and runs ``after_exit`` itself; on the
+        receiver thread (a garbage-collection finalizer) the thread runs it as it exits.
+        """
+        self._stop_error = err
+        if threading.current_thread() is self.thread:
+            self._after_exit = after_exit
+            self.wake()
+            return
+        self.wake()
+        if self.thread.ident is not None:
+            self.thread.join(JOIN_TIMEOUT_S)
+        if not self.thread.is_alive():
+            after_exit()
+
+    def close_fds(self) -> None:
+        """Close the epoll object and the wake-up pipe (after the thread has exited)."""
+        self._ep.close()
+        with self._fd_lock:
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._fail(DistBackendError(f"TCPTransport receiver thread crashed: {exc!r}"))
+            self._on_fail()
+        finally:
+            if self._after_exit is not None:
+                self._after_exit()
+
+    def _loop(self) -> None:
+        poll = self._ep.poll
+        by_fd = self._by_fd
+        wake_fd = self._wake_r
+        read = self._read
+        ready = self._ready
+        while True:
+            if ready:  # woken only now, so that they do not wait for this thread's GIL
+                for r in ready:
+                    r.wake()
+                ready.clear()
+            for fd, _ in poll():
+                if fd == wake_fd:
+                    if self._on_wake():
+                        return
+                    continue
+                conn = by_fd.get(fd)
+                if conn is None:
+                    continue
+                try:
+                    if read(conn):
+                        continue
+                    reason = None
+                except OSError as exc:
+                    reason = f"connection error: {exc}"
+                if self._lost(conn, reason):
+                    return
+
+    def _on_wake(self) -> bool:
+        """Drain the wake-up pipe; stop (True) or let go of cancelled receives (False)."""
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        if self._stop_error is not None:
+            self._fail(self._stop_error)
+            return True
+        with self._mb.lock:
+            for c in self._conns:
+                r = c.dest
+                if r is not None and r.cancelled and r.state == FILLING:
+                    r.finish(CANCELLED)
+                    c.dest = None
+                    c.body = None
+                    c.drop = c.need - c.got
+        return False
+
+    def _lost(self, conn: PeerConn, reason: str | None) -> bool:
+        """Handle EOF or an error on ``conn``; True if that failed the transport."""
+        self._ep.unregister(conn.fd)
+        del self._by_fd[conn.fd]
+        mid_message = conn.body is not None or conn.drop or conn.have
+        if conn.goodbye and not mid_message:
+            with self._mb.lock:
+                err = PeerFailedError(conn.rank, "it closed its transport")
+                self._mb.peer_closed(conn.rank, err)
+            return False
+        if conn.broken is not None:
+            reason = conn.broken
+        elif reason is None:
+            reason = "connection closed unexpectedly (did the process exit or crash?)"
+        self._fail(PeerFailedError(conn.rank, reason))
+        self._on_fail()
+        return True
+
+    def _fail(self, err: DistBackendError) -> None:
+        """Fail the mailbox with ``err`` and every receive being filled (this thread only)."""
+        mb = self._mb
+        with mb.lock:
+            mb.fail(err)
+            for c in self._conns:
+                r = c.dest
+                if r is not None and r.state == FILLING:
+                    r.finish(FAILED, mb.error)
+                c.dest = None
+                c.body = None
+        for r in self._ready:
+            r.wake()
+        self._ready.clear()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _read(self, c: PeerConn) -> bool:
+        """Read ``c`` until it would block; False at end of stream."""
+        recv_into = c.sock.recv_into
+        try:
+            while True:
+                body = c.body
+                if body is not None:
+                    got = c.got
+                    want = c.need - got
+                    n = recv_into(body[got:] if got else body, want)
+                    if not n:
+                        return False
+                    c.got = got + n
+                    if n == want:
+                        self._complete(c)
+                    else:
+                        return True
+                elif c.drop:
+                    want = min(c.drop, SCRATCH_SIZE)
+                    n = recv_into(c.scratch, want)
+                    if not n:
+                        return False
+                    c.drop -= n
+                    if n < want:
+                        return True
+                else:
+                    have = c.have
+                    want = SCRATCH_SIZE - have
+                    n = recv_into(c.sview[have:] if have else c.scratch, want)
+                    if not n:
+                        return False
+                    self._parse(c, have + n)
+                    if n < want:
+                        return True
+        except BlockingIOError:
+            return True
+
+    def _parse(self, c: PeerConn, end: int) -> None:
+        """Deliver the messages in ``c.scratch[:end]``; start streaming an incomplete one."""
+        scratch = c.scratch
+        sview = c.sview
+        src = c.rank
+        mb = self._mb
+        pos = 0
+        while end - pos >= HEADER_SIZE:
+            tag, size = _unpack_header(scratch, pos)
+            pos += HEADER_SIZE
+            if end - pos < size:
+                self._start(c, tag, size, sview[pos:end])
+                c.have = 0
+                return
+            if tag == CLOSE_TAG:
+                c.goodbye = True
+                continue
+            with mb.lock:
+                r = mb.offer(src, tag, sview[pos : pos + size])
+            if r is not None:
+                self._ready.append(r)
+            pos += size
+        rest = end - pos
+        if rest and pos:
+            scratch[:rest] = sview[pos:end]  # pos >= HEADER_SIZE > rest: no overlap
+        c.have = rest
+
+    def _start(self, c: PeerConn, tag: int, size: int, head: memoryview) -> None:
+        """Begin a ``size``-byte payload whose first bytes are ``head``."""
+        mb = self._mb
+        view = None
+        with mb.lock:
+            r = mb.match(c.rank, tag)
+            if r is not None:
+                view = mb.claim(r, c.rank, tag, size)
+                if view is None:
+                    self._ready.append(r)
+                else:
+                    c.dest = r
+                keep = False
+            else:
+                keep = not mb.is_discarded(tag)
+        if keep:
+            c.pending = bytearray(size)
+            view = memoryview(c.pending)
+        n = len(head)
+        if view is None:
+            c.drop = size - n
+            return
+        view[:n] = head
+        c.body = view
+        c.got = n
+        c.need = size
+        c.tag = tag
+
+    def _complete(self, c: PeerConn) -> None:
+        """The payload being streamed has fully arrived: finish its receive or buffer it."""
+        mb = self._mb
+        r = c.dest
+        with mb.lock:
+            if r is not None:
+                r.state = DONE
+            else:
+                r = mb.offer(c.rank, c.tag, c.pending)
+        if r is not None:
+            self._ready.append(r)
+        c.body = None
+        c.dest = None
+        c.pending = None
