@@ -1,0 +1,94 @@
+"""Allreduce and reduce: direct exchange for small buffers, ring reduce-scatter + allgather for
+large ones."""
+
+from __future__ import annotations
+
+import torch
+
+from .context import OpContext
+from .reduction import reduce_into
+
+DIRECT_MAX_BYTES = 64 * 1024  # up to this size every rank sends its whole buffer to every peer
+
+
+def _combine_in_rank_order(op: object, flat: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    """``flat = parts[0] (op) parts[1] (op) ...``: the same order, so the same bits, everywhere."""
+    flat.copy_(parts[0])
+    for part in parts[1:]:
+        reduce_into(op, flat, part)
+
+
+def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
+    """Every rank sends its buffer to every other rank and reduces all of them (one round)."""
+    parts: list[torch.Tensor] = []
+    for peer in range(ctx.size):
+        if peer != ctx.rank:
+            ctx.send(peer, 0, flat)
+    for peer in range(ctx.size):
+        if peer == ctx.rank:
+            parts.append(flat.clone())
+        else:
+            part = torch.empty_like(flat)
+            ctx.recv(peer, 0, part)
+            parts.append(part)
+    _combine_in_rank_order(op, flat, parts)
+
+
+def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) -> int:
+    """Ring reduce-scatter over ``chunks`` (one per rank) in place; return the index of the chunk
+    this rank now holds fully reduced."""
+    rank, size = ctx.rank, ctx.size
+    right, left = (rank + 1) % size, (rank - 1) % size
+    scratch = torch.empty(max(c.numel() for c in chunks), dtype=chunks[0].dtype)
+    for step in range(size - 1):
+        send_index, recv_index = (rank - step) % size, (rank - step - 1) % size
+        ctx.send(right, step, chunks[send_index])
+        incoming = scratch[: chunks[recv_index].numel()]
+        ctx.recv(left, step, incoming)
+        reduce_into(op, chunks[recv_index], incoming)
+    return (rank + 1) % size
+
+
+def ring_allgather(ctx: OpContext, chunks: list[torch.Tensor], first_step: int) -> None:
+    """Ring allgather: rank r starts owning chunk ``(r + 1) % size`` and ends with all of them."""
+    rank, size = ctx.rank, ctx.size
+    right, left = (rank + 1) % size, (rank - 1) % size
+    for step in range(size - 1):
+        send_index, recv_index = (rank + 1 - step) % size, (rank - step) % size
+        ctx.send(right, first_step + step, chunks[send_index])
+        ctx.recv(left, first_step + step, chunks[recv_index])
+
+
+def allreduce_ring(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
+    """Bandwidth-optimal allreduce: ring reduce-scatter, then ring allgather."""
+    chunks = list(torch.tensor_split(flat, ctx.size))
+    ring_reduce_scatter(ctx, chunks, op)
+    ring_allgather(ctx, chunks, ctx.size - 1)
+
+
+def allreduce(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
+    """Reduce ``flat`` (contiguous, 1-D) across the group in place, choosing by size."""
+    if ctx.size == 1 or flat.numel() == 0:
+        return
+    if flat.numel() * flat.element_size() <= DIRECT_MAX_BYTES or flat.numel() < ctx.size:
+        allreduce_direct(ctx, flat, op)
+    else:
+        allreduce_ring(ctx, flat, op)
+
+
+def reduce(ctx: OpContext, flat: torch.Tensor, op: object, root: int) -> None:
+    """Reduce ``flat`` onto ``root`` (other ranks' buffers are left as they were)."""
+    if ctx.size == 1 or flat.numel() == 0:
+        return
+    if ctx.rank != root:
+        ctx.send(root, 0, flat)
+        return
+    parts = []
+    for peer in range(ctx.size):
+        if peer == ctx.rank:
+            parts.append(flat.clone())
+        else:
+            part = torch.empty_like(flat)
+            ctx.recv(peer, 0, part)
+            parts.append(part)
+    _combine_in_rank_order(op, flat, parts)

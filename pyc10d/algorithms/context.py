@@ -1,0 +1,49 @@
+"""``OpContext``: what one collective needs to talk to its peers with its own tags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from .._tensor_bytes import byte_view
+from .._timeouts import Deadline
+from ..transport.base import Transport, op_tag
+
+
+@dataclass
+class OpContext:
+    """One operation's view of the group: messages are tagged ``op_tag(seq, step)``."""
+
+    transport: Transport
+    rank: int
+    size: int
+    seq: int
+    deadline: Deadline
+    step_base: int = 0  # sub-operations of a coalesced collective each get their own steps
+
+    def sub_operation(self, index: int) -> OpContext:
+        """A context for part ``index`` of a coalesced collective, with its own message steps."""
+        return replace(self, step_base=self.step_base + (index << 16))
+
+    def send(self, peer: int, step: int, tensor: torch.Tensor) -> None:
+        """Send a contiguous tensor's bytes to ``peer`` as message ``step``."""
+        self.transport.send(
+            peer, op_tag(self.seq, self.step_base + step), byte_view(tensor), self.deadline
+        )
+
+    def recv(self, peer: int, step: int, tensor: torch.Tensor) -> None:
+        """Receive message ``step`` from ``peer`` into a contiguous tensor."""
+        self.transport.recv(
+            peer, op_tag(self.seq, self.step_base + step), byte_view(tensor), self.deadline
+        )
+
+    def send_bytes(self, peer: int, step: int, data: bytes) -> None:
+        """Send raw bytes (headers of variable-size exchanges)."""
+        self.transport.send(peer, op_tag(self.seq, self.step_base + step), data, self.deadline)
+
+    def recv_bytes(self, peer: int, step: int) -> bytes:
+        """Receive raw bytes of any size."""
+        return self.transport.recv_bytes(
+            peer, op_tag(self.seq, self.step_base + step), self.deadline
+        )

@@ -1,0 +1,87 @@
+"""Personalised exchanges: gather, scatter, allgather, reduce-scatter, all-to-all, barrier.
+
+Each rank sends everything it owes before receiving, so no exchange can deadlock: the
+transport buffers what arrives before its receive is posted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .context import OpContext
+from .reduction import reduce_into
+
+
+def _others(ctx: OpContext) -> list[int]:
+    """Peers in the order this rank talks to them: starting after itself, to spread load."""
+    return [(ctx.rank + i) % ctx.size for i in range(1, ctx.size)]
+
+
+def gather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor], root: int) -> None:
+    """``root`` receives every rank's ``send`` into ``recv[rank]`` (contiguous tensors)."""
+    if ctx.rank != root:
+        ctx.send(root, 0, send)
+        return
+    recv[ctx.rank].copy_(send)
+    for peer in _others(ctx):
+        ctx.recv(peer, 0, recv[peer])
+
+
+def scatter(ctx: OpContext, send: Sequence[torch.Tensor], recv: torch.Tensor, root: int) -> None:
+    """``root`` sends ``send[r]`` to each rank r, which receives it into ``recv``."""
+    if ctx.rank != root:
+        ctx.recv(root, 0, recv)
+        return
+    for peer in _others(ctx):
+        ctx.send(peer, 0, send[peer])
+    recv.copy_(send[ctx.rank])
+
+
+def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) -> None:
+    """Every rank's ``send`` lands in ``recv[rank]`` on every rank."""
+    for peer in _others(ctx):
+        ctx.send(peer, 0, send)
+    recv[ctx.rank].copy_(send)
+    for peer in _others(ctx):
+        ctx.recv(peer, 0, recv[peer])
+
+
+def alltoall(ctx: OpContext, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+    """``send[j]`` of rank i lands in ``recv[i]`` of rank j."""
+    for peer in _others(ctx):
+        ctx.send(peer, 0, send[peer])
+    recv[ctx.rank].copy_(send[ctx.rank])
+    for peer in _others(ctx):
+        ctx.recv(peer, 0, recv[peer])
+
+
+def reduce_scatter(
+    ctx: OpContext, send: Sequence[torch.Tensor], recv: torch.Tensor, op: object
+) -> None:
+    """Rank r ends with ``send[r]`` of every rank reduced (in rank order) into ``recv``."""
+    for peer in _others(ctx):
+        ctx.send(peer, 0, send[peer])
+    parts: list[torch.Tensor] = []
+    for peer in range(ctx.size):
+        if peer == ctx.rank:
+            parts.append(send[peer].clone())  # recv may alias it
+        else:
+            part = torch.empty_like(recv)
+            ctx.recv(peer, 0, part)
+            parts.append(part)
+    recv.copy_(parts[0])
+    for part in parts[1:]:
+        reduce_into(op, recv, part)
+
+
+def barrier(ctx: OpContext) -> None:
+    """Dissemination barrier: in round k, signal rank + 2^k and wait for rank - 2^k."""
+    token = torch.empty(0, dtype=torch.uint8)
+    distance, step = 1, 0
+    while distance < ctx.size:
+        ctx.send((ctx.rank + distance) % ctx.size, step, token)
+        ctx.recv((ctx.rank - distance) % ctx.size, step, token)
+        distance <<= 1
+        step += 1

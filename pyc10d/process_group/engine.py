@@ -1,0 +1,69 @@
+"""The async engine: operations start in issue order, up to ``threads`` of them at a time.
+
+Calls return a :class:`Work` at once; worker threads run the operations. Each operation has its
+own message tags, so concurrent ones never mix messages (see ``transport.base.op_tag``).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import DistBackendError
+from .work import Work
+
+
+class Engine:
+    """A FIFO of operations served by ``threads`` daemon worker threads."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self._queue: collections.deque[tuple[Work, Callable[[], Any]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, work: Work, run: Callable[[], Any]) -> Work:
+        """Queue ``run``; its return value completes ``work`` (an exception fails it)."""
+        with self._cv:
+            if self._stopped:
+                raise DistBackendError("the process group has been shut down")
+            self._queue.append((work, run))
+            self._cv.notify()
+        return work
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopped:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                work, run = self._queue.popleft()
+            try:
+                value = run()
+            except BaseException as exc:  # the error belongs to the Work, not the thread
+                work._fail(exc)
+            else:
+                work._complete(value)
+
+    def shutdown(self, reason: str = "the process group has been shut down") -> None:
+        """Fail queued operations, let running ones finish, and join the workers."""
+        with self._cv:
+            self._stopped = True
+            pending, self._queue = list(self._queue), collections.deque()
+            self._cv.notify_all()
+        for work, _ in pending:
+            work._fail(DistBackendError(reason))
+        current = threading.current_thread()
+        for worker in self._workers:
+            if worker is not current:
+                worker.join()

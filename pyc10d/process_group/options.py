@@ -1,0 +1,295 @@
+"""Per-call collective options and the process group's own options, as in ``torch.distributed``.
+
+Attribute names and defaults are torch's (``reduceOp``, ``rootRank``, ``rootTensor``, ``timeout``,
+``asyncOp``, ...). A collective's ``timeout`` defaults to :data:`UNSET_TIMEOUT` (torch's
+``kUnsetTimeout``, -1 ms), meaning "use the group's timeout"; :func:`resolve_timeout` applies it.
+Unknown attributes raise AttributeError, as on torch's bound option classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from .._timeouts import to_timedelta
+from .reduce_op import ReduceOp, ReduceOpLike, to_reduce_op
+
+__all__ = [
+    "DEFAULT_PG_TIMEOUT",
+    "DEFAULT_THREADS",
+    "UNSET_TIMEOUT",
+    "AllToAllOptions",
+    "AllgatherOptions",
+    "AllreduceCoalescedOptions",
+    "AllreduceOptions",
+    "BarrierOptions",
+    "BroadcastOptions",
+    "GatherOptions",
+    "Options",
+    "ReduceOptions",
+    "ReduceScatterOptions",
+    "ScatterOptions",
+    "is_unset_timeout",
+    "resolve_timeout",
+]
+
+UNSET_TIMEOUT = timedelta(milliseconds=-1)
+"""A collective timeout that is not set (torch's ``kUnsetTimeout``): the group's applies."""
+
+DEFAULT_PG_TIMEOUT = timedelta(minutes=30)
+"""The group timeout when none is given (torch's ``default_pg_timeout``)."""
+
+DEFAULT_THREADS = 2
+"""Worker threads of a group by default (torch's ``ProcessGroupGloo._Options._threads``)."""
+
+
+def is_unset_timeout(timeout: timedelta) -> bool:
+    """True for :data:`UNSET_TIMEOUT` (any negative timedelta counts as unset)."""
+    return timeout < timedelta(0)
+
+
+def resolve_timeout(timeout: timedelta, default: timedelta) -> timedelta:
+    """The timeout a collective runs under: ``timeout`` if set, else the group's ``default``."""
+    return default if is_unset_timeout(timeout) else timeout
+
+
+def _check_timedelta(value: Any) -> timedelta:
+    """``value`` if it is a timedelta; TypeError otherwise (torch's setters accept only these)."""
+    if not isinstance(value, timedelta):
+        raise TypeError(f"timeout must be a datetime.timedelta, got {type(value).__name__}")
+    return value
+
+
+def _check_int(value: Any, what: str) -> int:
+    """``value`` as an int (bool and non-integers rejected with TypeError, as torch does)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    return value.__index__()
+
+
+class _CollectiveOptions:
+    """Fields every collective's options share: ``timeout`` and ``asyncOp``."""
+
+    __slots__ = ("_timeout", "asyncOp")
+
+    def __init__(self) -> None:
+        self._timeout = UNSET_TIMEOUT
+        self.asyncOp: bool = True
+
+    @property
+    def timeout(self) -> timedelta:
+        """This call's timeout; :data:`UNSET_TIMEOUT` (the default) means the group's."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: timedelta) -> None:
+        self._timeout = _check_timedelta(value)
+
+    def _fields(self) -> dict[str, Any]:
+        names = [n.lstrip("_") for c in type(self).__mro__ for n in getattr(c, "__slots__", ())]
+        return {name: getattr(self, name) for name in sorted(set(names))}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._fields().items())
+        return f"{type(self).__name__}({fields})"
+
+
+class _ReduceOpField(_CollectiveOptions):
+    """Adds ``reduceOp`` (default ``SUM``), stored as a :class:`ReduceOp` object like torch.
+
+    Field mixins declare no slots (bases with slots cannot be combined); the concrete option
+    classes declare the storage, e.g. ``_reduceOp``.
+    """
+
+    __slots__ = ()
+    _reduceOp: ReduceOp
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reduceOp = ReduceOp(ReduceOp.SUM)
+
+    @property
+    def reduceOp(self) -> ReduceOp:
+        """The reduction; set it to a member (``ReduceOp.MAX``) or an op object, ours or torch's."""
+        return self._reduceOp
+
+    @reduceOp.setter
+    def reduceOp(self, value: ReduceOpLike) -> None:
+        self._reduceOp = to_reduce_op(value)
+
+
+class _RootRankField(_CollectiveOptions):
+    """Adds ``rootRank`` (default 0)."""
+
+    __slots__ = ()
+    _rootRank: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rootRank = 0
+
+    @property
+    def rootRank(self) -> int:
+        """The rank data flows from or to."""
+        return self._rootRank
+
+    @rootRank.setter
+    def rootRank(self, value: int) -> None:
+        self._rootRank = _check_int(value, "rootRank")
+
+
+class _RootTensorField(_RootRankField):
+    """Adds ``rootTensor`` (default 0): which of the root's tensors is the source."""
+
+    __slots__ = ()
+    _rootTensor: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rootTensor = 0
+
+    @property
+    def rootTensor(self) -> int:
+        """Index of the root's tensor in the call's tensor list."""
+        return self._rootTensor
+
+    @rootTensor.setter
+    def rootTensor(self, value: int) -> None:
+        self._rootTensor = _check_int(value, "rootTensor")
+
+
+class AllreduceOptions(_ReduceOpField):
+    """Options of ``allreduce``: ``reduceOp`` (SUM), ``timeout``, ``asyncOp`` (torch's)."""
+
+    __slots__ = ("_reduceOp",)
+
+
+class AllreduceCoalescedOptions(AllreduceOptions):
+    """Options of ``allreduce_coalesced``; the same fields as :class:`AllreduceOptions`."""
+
+    __slots__ = ()
+
+
+class BroadcastOptions(_RootTensorField):
+    """Options of ``broadcast``: ``rootRank`` (0), ``rootTensor`` (0), ``timeout``, ``asyncOp``."""
+
+    __slots__ = ("_rootRank", "_rootTensor")
+
+
+class ReduceOptions(_ReduceOpField, _RootTensorField):
+    """Options of ``reduce``: ``reduceOp`` (SUM), ``rootRank``, ``rootTensor`` (0), ``timeout``."""
+
+    __slots__ = ("_reduceOp", "_rootRank", "_rootTensor")
+
+
+class GatherOptions(_RootRankField):
+    """Options of ``gather``: ``rootRank`` (0), ``timeout``, ``asyncOp``."""
+
+    __slots__ = ("_rootRank",)
+
+
+class ScatterOptions(_RootRankField):
+    """Options of ``scatter``: ``rootRank`` (0), ``timeout``, ``asyncOp``."""
+
+    __slots__ = ("_rootRank",)
+
+
+class ReduceScatterOptions(_ReduceOpField):
+    """Options of ``reduce_scatter`` and its tensor forms: ``reduceOp`` (SUM), ``timeout``."""
+
+    __slots__ = ("_reduceOp",)
+
+
+class AllgatherOptions(_CollectiveOptions):
+    """Options of ``allgather`` and its tensor forms: ``timeout``, ``asyncOp``."""
+
+    __slots__ = ()
+
+
+class AllToAllOptions(_CollectiveOptions):
+    """Options of ``alltoall`` and ``alltoall_base``: ``timeout``, ``asyncOp``."""
+
+    __slots__ = ()
+
+
+class BarrierOptions(_CollectiveOptions):
+    """Options of ``barrier``: ``device_ids`` ([]), ``device`` (None), ``timeout``, ``asyncOp``."""
+
+    __slots__ = ("device", "device_ids")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.device_ids: list[int] = []
+        self.device: Any = None
+
+
+class Options:
+    """Options of a process group (torch's ``ProcessGroupGloo._Options``).
+
+    ``timeout``/``_timeout``: default for every call (30 min; a timedelta or seconds).
+    ``threads``/``_threads``: worker threads (2). ``bind_host``/``advertise_host``: the address to
+    listen on and the one peers dial (None: chosen by the transport). ``_devices``,
+    ``group_name``, ``global_ranks_in_group`` and ``backend`` ("gloo") are kept as torch has them.
+    """
+
+    __slots__ = (
+        "_devices",
+        "_threads_value",
+        "_timeout_value",
+        "advertise_host",
+        "backend",
+        "bind_host",
+        "global_ranks_in_group",
+        "group_name",
+    )
+
+    def __init__(
+        self,
+        timeout: timedelta | float = DEFAULT_PG_TIMEOUT,
+        threads: int = DEFAULT_THREADS,
+        bind_host: str | None = None,
+        advertise_host: str | None = None,
+    ) -> None:
+        self._timeout_value = DEFAULT_PG_TIMEOUT
+        self._threads_value = DEFAULT_THREADS
+        self.timeout = timeout
+        self.threads = threads
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host
+        self._devices: list[Any] = []
+        self.backend = "gloo"
+        self.group_name = ""
+        self.global_ranks_in_group: Sequence[int] = []
+
+    @property
+    def timeout(self) -> timedelta:
+        """Default timeout of the group's calls; set a timedelta or seconds (ValueError if < 0)."""
+        return self._timeout_value
+
+    @timeout.setter
+    def timeout(self, value: timedelta | float) -> None:
+        self._timeout_value = to_timedelta(value, "timeout")
+
+    _timeout = timeout  # torch's name (``opts._timeout = 50.0`` reads back as 50 s)
+
+    @property
+    def threads(self) -> int:
+        """How many worker threads run the group's collectives (at least 1)."""
+        return self._threads_value
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        value = _check_int(value, "threads")
+        if value < 1:
+            raise ValueError(f"threads must be at least 1, got {value}")
+        self._threads_value = value
+
+    _threads = threads  # torch's name
+
+    def __repr__(self) -> str:
+        return (
+            f"Options(timeout={self.timeout!r}, threads={self.threads}, "
+            f"bind_host={self.bind_host!r}, advertise_host={self.advertise_host!r}, "
+            f"group_name={self.group_name!r})"
+        )

@@ -1,0 +1,633 @@
+"""``ProcessGroup``: every collective on CPU tensors with torch's semantics (ProcessGroupGloo).
+
+Each call validates its arguments with torch's messages (raising before anything is sent, so
+the group stays usable), takes the next sequence number, and queues the operation on the
+engine; the returned :class:`Work` completes when the worker thread has run the algorithm.
+
+State after errors: a validation error consumes nothing. A timed-out operation fails with
+"Timed out waiting {N}ms" and its late messages are discarded; the group stays usable for later
+operations that every rank issues. When a peer dies, the transport is failed: every pending and
+later operation raises an error naming the dead rank (make a new group to continue).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from .._tensor_bytes import byte_view, flat_contiguous
+from .._timeouts import Deadline, to_timedelta
+from ..algorithms import allreduce as allreduce_algos
+from ..algorithms import broadcast as broadcast_algos
+from ..algorithms import exchange
+from ..algorithms.context import OpContext
+from ..algorithms.reduction import finish_average, reduce_into
+from ..algorithms.sparse import sparse_allreduce
+from ..errors import DistBackendError
+from ..store import PrefixStore, Store
+from ..transport import TCPTransport
+from ..transport.base import TransportTimeout, p2p_tag
+from . import validation as check
+from .engine import Engine
+from .options import (
+    AllgatherOptions,
+    AllreduceCoalescedOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BarrierOptions,
+    BroadcastOptions,
+    GatherOptions,
+    Options,
+    ReduceOptions,
+    ReduceScatterOptions,
+    ScatterOptions,
+)
+from .reduce_op import ReduceOp, reduce_op_of
+from .work import Work
+
+Body = Callable[[OpContext], None]
+
+
+def _future_value(outputs: list) -> Any:
+    """What torch puts in a Work's future: one output list as is, several as a list of lists."""
+    if not outputs:
+        return []
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+class _Staged:
+    """A contiguous stand-in for a tensor; ``finish()`` copies results back if it was a copy."""
+
+    __slots__ = ("buffer", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.buffer = tensor if tensor.is_contiguous() else tensor.contiguous()
+
+    def finish(self) -> None:
+        """Write the buffer back into a non-contiguous original."""
+        if self.buffer is not self.tensor:
+            self.tensor.copy_(self.buffer)
+
+
+class ProcessGroup:
+    """A group of ``world_size`` processes running collectives over TCP (torch's ProcessGroup)."""
+
+    Options = Options
+
+    def __init__(
+        self, store: Store, rank: int, world_size: int, options: Options | None = None
+    ) -> None:
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+        self.options = options if options is not None else Options()
+        self._rank = rank
+        self._size = world_size
+        generation = store.add(f"pyc10d/process_groups/{rank}", 1)
+        self._store = PrefixStore(f"pyc10d/pg{generation}", store)
+        self._transport = TCPTransport(
+            self._store,
+            rank,
+            world_size,
+            self._default_timeout().total_seconds(),
+            bind_host=getattr(self.options, "bind_host", None),
+            advertise_host=getattr(self.options, "advertise_host", None),
+        )
+        name = f"pyc10d-pg{generation}-r{rank}"
+        self._engine = Engine(int(getattr(self.options, "threads", 2)), name)
+        self._p2p_engines: dict[object, Engine] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(
+            self, ProcessGroup._shutdown, self._engine, self._p2p_engines, self._transport
+        )
+
+    # -- identity and settings ----------------------------------------------------------------
+    def rank(self) -> int:
+        """This process's rank in the group."""
+        return self._rank
+
+    def size(self) -> int:
+        """Number of processes in the group."""
+        return self._size
+
+    def name(self) -> str:
+        """The backend name."""
+        return "pyc10d"
+
+    def _default_timeout(self) -> timedelta:
+        return to_timedelta(self.options._timeout)
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        """Set the default timeout of later operations (torch's ``set_timeout``)."""
+        self.options._timeout = to_timedelta(timeout)
+
+    def _set_default_timeout(self, timeout: timedelta) -> None:
+        """Alias of :meth:`set_timeout` (torch's private name)."""
+        self.set_timeout(timeout)
+
+    def _get_sequence_number_for_group(self) -> int:
+        """How many collectives this group has issued (the same on every rank)."""
+        with self._lock:
+            return self._seq
+
+    def shutdown(self) -> None:
+        """Fail queued operations, close connections and join threads; idempotent."""
+        self._finalizer()
+
+    @staticmethod
+    def _shutdown(engine: Engine, p2p: dict, transport: TCPTransport) -> None:
+        transport.close()  # wakes running operations with an error
+        engine.shutdown()
+        for p2p_engine in list(p2p.values()):
+            p2p_engine.shutdown()
+
+    # -- running operations -------------------------------------------------------------------
+    def _op_seconds(self, opts: object) -> float:
+        timeout = getattr(opts, "timeout", None)
+        if timeout is None or (isinstance(timeout, timedelta) and timeout < timedelta(0)):
+            return self._default_timeout().total_seconds()
+        return to_timedelta(timeout).total_seconds()
+
+    def _wrap_error(self, op_type: str, seq: int, exc: BaseException) -> BaseException:
+        if isinstance(exc, DistBackendError) and not isinstance(exc, TransportTimeout):
+            return exc
+        if isinstance(exc, (TransportTimeout, DistBackendError)):
+            return DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {exc}")
+        return exc
+
+    def _run(self, op_type: str, seq: int, seconds: float, body: Body) -> None:
+        error = self._transport.error
+        if error is not None:
+            raise DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {error}")
+        ctx = OpContext(self._transport, self._rank, self._size, seq, Deadline(seconds))
+        try:
+            with torch.inference_mode():
+                body(ctx)
+        except TransportTimeout as exc:
+            self._transport.discard(seq)
+            raise self._wrap_error(op_type, seq, exc) from None
+        except DistBackendError as exc:
+            raise DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {exc}") from exc
+
+    def _collective(self, op_type: str, opts: object, outputs: list, body: Body) -> Work:
+        seconds = self._op_seconds(opts)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        work = Work(op_type, seq, outputs)
+        value = _future_value(outputs)
+
+        def run() -> Any:
+            self._run(op_type, seq, seconds, body)
+            return value
+
+        return self._engine.submit(work, run)
+
+    # -- broadcast ----------------------------------------------------------------------------
+    def broadcast(self, tensors: Any, opts: Any = None, root: int | None = None) -> Work:
+        """Copy the root's tensor to every rank; ``broadcast(tensor, root)`` also works."""
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        opts = _options(BroadcastOptions, opts, rootRank=root if root is not None else opts)
+        check.check_broadcast(self._rank, self._size, tensors, opts)
+        root, source = opts.rootRank, tensors[opts.rootTensor]
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(source)
+            broadcast_algos.broadcast(ctx, staged.buffer.view(-1), root)
+            staged.finish()
+            for tensor in tensors:
+                if tensor is not source:
+                    tensor.copy_(source)
+
+        return self._collective("broadcast", opts, [tensors], body)
+
+    # -- allreduce ----------------------------------------------------------------------------
+    def _reduce_locally(self, tensors: Sequence[torch.Tensor], op: object) -> torch.Tensor:
+        """One contiguous 1-D buffer holding the reduction of this rank's tensors."""
+        if len(tensors) == 1 and tensors[0].is_contiguous():
+            return tensors[0].view(-1)
+        acc = tensors[0].contiguous().view(-1).clone()
+        for tensor in tensors[1:]:
+            reduce_into(op, acc, flat_contiguous(tensor))
+        return acc
+
+    def _prepare_op(self, opts: object) -> tuple[object, object]:
+        """(our ReduceOp member, the PREMUL_SUM factor or None) of ``opts.reduceOp``."""
+        op = reduce_op_of(opts.reduceOp)
+        factor = getattr(opts.reduceOp, "factor", None) if op == ReduceOp.PREMUL_SUM else None
+        return op, factor
+
+    def _allreduce_dense(
+        self, ctx: OpContext, tensors: Sequence[torch.Tensor], op: object, factor: object
+    ) -> None:
+        acc = self._reduce_locally(tensors, op)
+        if factor is not None:
+            acc.mul_(factor)
+        allreduce_algos.allreduce(ctx, acc, op)
+        if op == ReduceOp.AVG:
+            finish_average(acc, self._size * len(tensors))
+        for tensor in tensors:
+            if tensor.data_ptr() != acc.data_ptr() or not tensor.is_contiguous():
+                tensor.copy_(acc.view_as(tensor))
+
+    def allreduce(self, tensors: Any, opts: Any = None, op: Any = None) -> Work:
+        """Reduce tensors across ranks in place (several per rank are reduced together).
+
+        Also ``allreduce(tensor, op)`` and ``allreduce(tensors, op)``, as in torch.
+        """
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        opts = _options(AllreduceOptions, opts, reduceOp=op if op is not None else opts)
+        check.check_allreduce(self._rank, self._size, tensors, opts)
+        op, factor = self._prepare_op(opts)
+        if tensors[0].is_sparse:
+
+            def sparse_body(ctx: OpContext) -> None:
+                local = tensors[0]
+                for tensor in tensors[1:]:
+                    local = local + tensor
+                result = sparse_allreduce(ctx, local)
+                for tensor in tensors:
+                    tensor.copy_(result)
+
+            return self._collective("allreduce", opts, [tensors], sparse_body)
+
+        def body(ctx: OpContext) -> None:
+            self._allreduce_dense(ctx, tensors, op, factor)
+
+        return self._collective("allreduce", opts, [tensors], body)
+
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
+        """Allreduce several tensors of one dtype as one flattened buffer."""
+        opts = opts if opts is not None else AllreduceCoalescedOptions()
+        check.check_allreduce_coalesced(self._rank, self._size, tensors, opts)
+        op, factor = self._prepare_op(opts)
+
+        def body(ctx: OpContext) -> None:
+            flat = torch.cat([t.reshape(-1) for t in tensors])
+            if factor is not None:
+                flat.mul_(factor)
+            allreduce_algos.allreduce(ctx, flat, op)
+            if op == ReduceOp.AVG:
+                finish_average(flat, self._size)
+            for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+                tensor.copy_(part.view_as(tensor))
+
+        return self._collective("allreduce_coalesced", opts, [tensors], body)
+
+    def reduce(
+        self, tensors: Any, opts: Any = None, op: Any = None, root: int | None = None
+    ) -> Work:
+        """Reduce onto ``opts.rootRank``; ``reduce(tensor, root, op=SUM)`` also works."""
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        opts = _options(
+            ReduceOptions, opts, rootRank=root if root is not None else opts, reduceOp=op
+        )
+        check.check_reduce(self._rank, self._size, tensors, opts)
+        op_member, factor = self._prepare_op(opts)
+        root, target = opts.rootRank, tensors[opts.rootTensor]
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(target)
+            flat = staged.buffer.view(-1)
+            if ctx.rank != root:
+                flat = flat.clone()  # non-roots keep their input
+            if factor is not None:
+                flat.mul_(factor)
+            allreduce_algos.reduce(ctx, flat, op_member, root)
+            if ctx.rank == root:
+                if op_member == ReduceOp.AVG:
+                    finish_average(flat, self._size)
+                staged.finish()
+
+        return self._collective("reduce", opts, [tensors], body)
+
+    # -- allgather ----------------------------------------------------------------------------
+    def allgather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> Work:
+        """Every rank's input lands in every rank's output list (``[rank * n_inputs + i]``)."""
+        if isinstance(input_tensors, torch.Tensor):
+            output_tensors, input_tensors = [output_tensors], [input_tensors]
+        opts = opts if opts is not None else AllgatherOptions()
+        check.check_allgather(self._rank, self._size, output_tensors, input_tensors)
+        per_rank = len(input_tensors)
+
+        def body(ctx: OpContext) -> None:
+            send = torch.cat([t.reshape(-1) for t in input_tensors])
+            gathered = torch.empty(send.numel() * ctx.size, dtype=send.dtype)
+            exchange.allgather(ctx, send, list(torch.tensor_split(gathered, ctx.size)))
+            sizes = [t.numel() for t in input_tensors] * ctx.size
+            pieces = gathered.split(sizes)
+            for outputs in output_tensors:
+                for index, output in enumerate(outputs):
+                    output.copy_(pieces[index].view_as(input_tensors[index % per_rank]))
+
+        return self._collective("allgather", opts, output_tensors, body)
+
+    def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
+        """Gather every rank's ``input`` into one tensor ``output`` (rank-major)."""
+        opts = opts if opts is not None else AllgatherOptions()
+        check.check_allgather_base(self._rank, self._size, output, input)
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(output)
+            chunks = torch.tensor_split(staged.buffer.view(-1), ctx.size)
+            exchange.allgather(ctx, flat_contiguous(input), chunks)
+            staged.finish()
+
+        return self._collective("_allgather_base", opts, [[output]], body)
+
+    def allgather_into_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> Work:
+        """``_allgather_base`` for several (output, input) pairs in one operation."""
+        opts = opts if opts is not None else AllgatherOptions()
+        check.check_allgather_into_tensor_coalesced(self._rank, self._size, outputs, inputs)
+
+        def body(ctx: OpContext) -> None:
+            for index, (output, input) in enumerate(zip(outputs, inputs, strict=True)):
+                staged = _Staged(output)
+                chunks = torch.tensor_split(staged.buffer.view(-1), ctx.size)
+                exchange.allgather(ctx.sub_operation(index), flat_contiguous(input), chunks)
+                staged.finish()
+
+        return self._collective("allgather_into_tensor_coalesced", opts, [outputs], body)
+
+    def allgather_coalesced(
+        self,
+        output_lists: list[list[torch.Tensor]],
+        input_list: list[torch.Tensor],
+        opts: Any = None,
+    ) -> Work:
+        """``output_lists[r][i]`` receives input ``i`` of rank ``r``."""
+        opts = opts if opts is not None else AllgatherOptions()
+        check.check_allgather_coalesced(self._rank, self._size, output_lists, input_list)
+
+        def body(ctx: OpContext) -> None:
+            send = torch.cat([t.reshape(-1) for t in input_list])
+            gathered = torch.empty(send.numel() * ctx.size, dtype=send.dtype)
+            exchange.allgather(ctx, send, list(torch.tensor_split(gathered, ctx.size)))
+            for rank_chunk, outputs in zip(
+                torch.tensor_split(gathered, ctx.size), output_lists, strict=True
+            ):
+                for output, piece in zip(
+                    outputs, rank_chunk.split([t.numel() for t in input_list]), strict=True
+                ):
+                    output.copy_(piece.view_as(output))
+
+        return self._collective("allgather_coalesced", opts, output_lists, body)
+
+    # -- gather / scatter ---------------------------------------------------------------------
+    def gather(
+        self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
+    ) -> Work:
+        """The root receives every rank's input; ``gather(outputs, input, root)`` also works."""
+        if isinstance(input_tensors, torch.Tensor):
+            output_tensors = [output_tensors] if output_tensors else []
+            input_tensors = [input_tensors]
+        opts = _options(GatherOptions, opts, rootRank=root if root is not None else opts)
+        check.check_gather(self._rank, self._size, output_tensors, input_tensors, opts)
+        root = opts.rootRank
+
+        def body(ctx: OpContext) -> None:
+            send = flat_contiguous(input_tensors[0])
+            if ctx.rank != root:
+                exchange.gather(ctx, send, [], root)
+                return
+            staged = [_Staged(t) for t in output_tensors[0]]
+            exchange.gather(ctx, send, [s.buffer.view(-1) for s in staged], root)
+            for s in staged:
+                s.finish()
+
+        return self._collective("gather", opts, output_tensors, body)
+
+    def scatter(
+        self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
+    ) -> Work:
+        """The root sends ``inputs[0][r]`` to each rank r; ``scatter(output, inputs, root)``."""
+        if isinstance(output_tensors, torch.Tensor):
+            output_tensors = [output_tensors]
+            input_tensors = [input_tensors] if input_tensors else []
+        opts = _options(ScatterOptions, opts, rootRank=root if root is not None else opts)
+        check.check_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
+        root = opts.rootRank
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(output_tensors[0])
+            sends = [flat_contiguous(t) for t in input_tensors[0]] if ctx.rank == root else []
+            exchange.scatter(ctx, sends, staged.buffer.view(-1), root)
+            staged.finish()
+
+        return self._collective("scatter", opts, [output_tensors], body)
+
+    # -- reduce-scatter -----------------------------------------------------------------------
+    def reduce_scatter(
+        self, output_tensors: Any, input_tensors: Any, opts: Any = None, op: Any = None
+    ) -> Work:
+        """Rank r gets the reduction of every rank's ``inputs[0][r]`` (sizes may differ by r)."""
+        if isinstance(output_tensors, torch.Tensor):
+            output_tensors, input_tensors = [output_tensors], [input_tensors]
+        opts = _options(ReduceScatterOptions, opts, reduceOp=op if op is not None else opts)
+        check.check_reduce_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
+        op, factor = self._prepare_op(opts)
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(output_tensors[0])
+            sends = [flat_contiguous(t) for t in input_tensors[0]]
+            if factor is not None:
+                sends = [t * factor for t in sends]
+            out = staged.buffer.view(-1)
+            exchange.reduce_scatter(ctx, sends, out, op)
+            if op == ReduceOp.AVG:
+                finish_average(out, self._size)
+            staged.finish()
+
+        return self._collective("reduce_scatter", opts, [output_tensors], body)
+
+    def _reduce_scatter_base(
+        self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
+    ) -> Work:
+        """Reduce ``input`` (``size`` equal chunks) so rank r gets chunk r reduced."""
+        opts = opts if opts is not None else ReduceScatterOptions()
+        check.check_reduce_scatter_base(self._rank, self._size, output, input, opts)
+        op, factor = self._prepare_op(opts)
+
+        def body(ctx: OpContext) -> None:
+            _reduce_scatter_flat(ctx, output, input, op, factor, self._size)
+
+        return self._collective("_reduce_scatter_base", opts, [[output]], body)
+
+    def reduce_scatter_tensor_coalesced(
+        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+    ) -> Work:
+        """``_reduce_scatter_base`` for several (output, input) pairs."""
+        opts = opts if opts is not None else ReduceScatterOptions()
+        check.check_reduce_scatter_tensor_coalesced(self._rank, self._size, outputs, inputs, opts)
+        op, factor = self._prepare_op(opts)
+
+        def body(ctx: OpContext) -> None:
+            for index, (output, input) in enumerate(zip(outputs, inputs, strict=True)):
+                _reduce_scatter_flat(
+                    ctx.sub_operation(index), output, input, op, factor, self._size
+                )
+
+        return self._collective("reduce_scatter_tensor_coalesced", opts, [outputs], body)
+
+    # -- all-to-all ---------------------------------------------------------------------------
+    def alltoall_base(
+        self,
+        output: torch.Tensor,
+        input: torch.Tensor,
+        output_split_sizes: list[int],
+        input_split_sizes: list[int],
+        opts: Any = None,
+    ) -> Work:
+        """Split ``input`` along dim 0 (equally, or by ``input_split_sizes``) and exchange."""
+        opts = opts if opts is not None else AllToAllOptions()
+        check.check_alltoall_base(
+            self._rank, self._size, output, input, output_split_sizes, input_split_sizes, opts
+        )
+
+        def body(ctx: OpContext) -> None:
+            staged = _Staged(output)
+            source = input.contiguous()
+            sends = _split_rows(source, input_split_sizes, ctx.size)
+            recvs = _split_rows(staged.buffer, output_split_sizes, ctx.size)
+            exchange.alltoall(ctx, [t.reshape(-1) for t in sends], [t.view(-1) for t in recvs])
+            staged.finish()
+
+        return self._collective("alltoall_base", opts, [[output]], body)
+
+    def alltoall(
+        self,
+        output_tensors: list[torch.Tensor],
+        input_tensors: list[torch.Tensor],
+        opts: Any = None,
+    ) -> Work:
+        """``input_tensors[j]`` of rank i lands in ``output_tensors[i]`` of rank j."""
+        opts = opts if opts is not None else AllToAllOptions()
+        check.check_alltoall(self._rank, self._size, output_tensors, input_tensors, opts)
+
+        def body(ctx: OpContext) -> None:
+            staged = [_Staged(t) for t in output_tensors]
+            exchange.alltoall(
+                ctx,
+                [flat_contiguous(t) for t in input_tensors],
+                [s.buffer.view(-1) for s in staged],
+            )
+            for s in staged:
+                s.finish()
+
+        return self._collective("alltoall", opts, [output_tensors], body)
+
+    # -- barrier ------------------------------------------------------------------------------
+    def barrier(self, opts: Any = None) -> Work:
+        """Complete once every rank has called barrier (and earlier operations were issued)."""
+        opts = opts if opts is not None else BarrierOptions()
+        return self._collective("barrier", opts, [], exchange.barrier)
+
+    # -- point to point -----------------------------------------------------------------------
+    def _p2p_engine(self, key: object) -> Engine:
+        with self._lock:
+            engine = self._p2p_engines.get(key)
+            if engine is None:
+                engine = Engine(1, f"pyc10d-p2p-{self._rank}-{key}")
+                self._p2p_engines[key] = engine
+            return engine
+
+    def _p2p_deadline(self) -> Deadline:
+        return Deadline(self._default_timeout().total_seconds())
+
+    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> Work:
+        """Send ``tensors[0]`` to ``dstRank`` under ``tag`` (messages to one peer stay ordered)."""
+        check.check_send(self._rank, self._size, tensors, dstRank, tag)
+        work = Work("send", -1, [tensors])
+        try:
+            data = flat_contiguous(tensors[0])
+            self._transport.send(dstRank, p2p_tag(tag), byte_view(data), self._p2p_deadline())
+        except DistBackendError as exc:
+            work._fail(DistBackendError(f"[rank {self._rank}] send to rank {dstRank}: {exc}"))
+        else:
+            work._complete(tensors)
+        return work
+
+    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int = 0) -> Work:
+        """Receive into ``tensors[0]`` from ``srcRank`` (receives from one peer stay ordered)."""
+        check.check_recv(self._rank, self._size, tensors, srcRank, tag)
+        return self._recv(tensors, [srcRank], tag, ("recv", srcRank))
+
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int = 0) -> Work:
+        """Receive from whichever rank sends first; ``work.source_rank()`` says which."""
+        check.check_recv_anysource(self._rank, self._size, tensors, tag)
+        sources = [r for r in range(self._size) if r != self._rank]
+        return self._recv(tensors, sources, tag, ("any", None))
+
+    def _recv(self, tensors: list[torch.Tensor], sources: list[int], tag: int, key: object) -> Work:
+        work = Work("recv", -1, [tensors])
+
+        def run() -> Any:
+            staged = _Staged(tensors[0])
+            view = byte_view(staged.buffer)
+            try:
+                if len(sources) == 1:
+                    self._transport.recv(sources[0], p2p_tag(tag), view, self._p2p_deadline())
+                    work._source_rank = sources[0]
+                else:
+                    work._source_rank = self._transport.recv_any(
+                        sources, p2p_tag(tag), view, self._p2p_deadline()
+                    )
+            except DistBackendError as exc:
+                raise DistBackendError(f"[rank {self._rank}] recv: {exc}") from exc
+            with torch.inference_mode():
+                staged.finish()
+            return tensors
+
+        return self._p2p_engine(key).submit(work, run)
+
+
+def _options(cls: type, opts: Any, **fields: Any) -> Any:
+    """``opts`` if it already is a ``cls``; else a new ``cls`` built from the convenience-form
+    arguments in ``fields`` (a root rank or reduce op; None keeps the default)."""
+    if isinstance(opts, cls):
+        return opts
+    built = cls()
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, cls):
+            setattr(built, name, value)
+    return built
+
+
+def _split_rows(tensor: torch.Tensor, split_sizes: list[int], parts: int) -> list[torch.Tensor]:
+    """Split along dim 0 by ``split_sizes`` (equal parts when empty)."""
+    if split_sizes:
+        return list(tensor.split(list(split_sizes)))
+    return list(tensor.chunk(parts)) if tensor.shape[0] else [tensor] * parts
+
+
+def _reduce_scatter_flat(
+    ctx: OpContext,
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: object,
+    factor: object,
+    size: int,
+) -> None:
+    staged = _Staged(output)
+    source = flat_contiguous(input)
+    if factor is not None:
+        source = source * factor
+    sends = list(torch.tensor_split(source, size))
+    out = staged.buffer.view(-1)
+    exchange.reduce_scatter(ctx, sends, out, op)
+    if op == ReduceOp.AVG:
+        finish_average(out, size)
+    staged.finish()

@@ -1,0 +1,297 @@
+"""ReduceOp (torch's ReduceOpTest behaviour) and the option classes' names, defaults and setters."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as tdist
+
+from pyc10d.process_group import options as o
+from pyc10d.process_group.reduce_op import (
+    RedOpType,
+    ReduceOp,
+    make_premul_sum,
+    reduce_op_of,
+    to_reduce_op,
+)
+
+MEMBERS = [
+    ReduceOp.SUM,
+    ReduceOp.AVG,
+    ReduceOp.PRODUCT,
+    ReduceOp.MIN,
+    ReduceOp.MAX,
+    ReduceOp.BAND,
+    ReduceOp.BOR,
+    ReduceOp.BXOR,
+]
+SCALES = [torch.tensor(1.0), 2.0]
+
+
+# -- ReduceOp --------------------------------------------------------------------------------
+def test_members_numbered_like_torch():
+    for name, torch_member in tdist.ReduceOp.RedOpType.__members__.items():
+        assert int(getattr(ReduceOp, name)) == int(torch_member)
+    assert int(ReduceOp.UNUSED) == 9
+    assert ReduceOp.RedOpType is RedOpType
+    assert str(ReduceOp.MAX) == "RedOpType.MAX" == f"{ReduceOp.MAX}"
+
+
+@pytest.mark.parametrize("op", MEMBERS)
+def test_op_isinstance_of_reduceop(op):
+    assert isinstance(op, ReduceOp)
+    assert isinstance(ReduceOp(op), ReduceOp)
+    assert not isinstance(int(op), ReduceOp)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_premul_sum_isinstance_and_factor(scale):
+    op = make_premul_sum(scale)
+    assert isinstance(op, ReduceOp)
+    assert op.op == ReduceOp.PREMUL_SUM and op == ReduceOp.PREMUL_SUM
+    assert op.factor is scale or op.factor == scale
+
+
+def test_premul_sum_factor_validation():
+    assert make_premul_sum(3).factor == 3.0
+    with pytest.raises(RuntimeError, match="one element"):
+        make_premul_sum(torch.tensor([1.0, 2.0]))
+    for bad in ("x", None, True):
+        with pytest.raises(TypeError, match="factor"):
+            make_premul_sum(bad)
+    with pytest.raises(RuntimeError, match="Only PREMUL_SUM supports accessing factor"):
+        _ = ReduceOp(ReduceOp.SUM).factor
+
+
+@pytest.mark.parametrize("op", MEMBERS)
+def test_reduceop_copyable(op):
+    assert copy.copy(op) == op
+    assert copy.deepcopy(op) == op
+    assert copy.copy(ReduceOp(op)) == op
+    assert copy.deepcopy(ReduceOp(op)) == op
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_premul_sum_copyable_and_picklable(scale):
+    op = make_premul_sum(scale)
+    for clone in (copy.copy(op), copy.deepcopy(op), pickle.loads(pickle.dumps(op))):
+        assert clone == op
+        assert float(clone.factor) == float(scale)
+
+
+@pytest.mark.parametrize("op", MEMBERS)
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_reduceop_pickle(op, protocol):
+    assert pickle.loads(pickle.dumps(op, protocol)) is op
+    orig = ReduceOp(op)
+    clone = pickle.loads(pickle.dumps(orig, protocol))
+    assert clone == orig and type(clone) is ReduceOp
+
+
+@pytest.mark.parametrize("op", MEMBERS)
+def test_reduceop_equal(op):
+    not_reduceop = "abc"
+    obj = ReduceOp(op)
+    assert obj == obj
+    assert obj == op
+    assert op == obj  # torch's TODO says this should hold; here it does
+    assert obj != not_reduceop and op != not_reduceop
+    assert None not in (op, obj)
+    assert not_reduceop not in (op, obj)
+    assert obj == ReduceOp(op) and obj != ReduceOp(RedOpType((int(op) + 1) % 8))
+    assert obj != int(op)  # an op object is not a number (torch: same)
+
+
+@pytest.mark.parametrize("op", MEMBERS)
+def test_reduceop_hash(op):
+    assert hash(ReduceOp(op)) == hash(op)
+    assert len({op, ReduceOp(op), copy.deepcopy(ReduceOp(op))}) == 1
+    assert {ReduceOp(op): 1}[op] == 1
+
+
+def test_premul_sums_compare_by_kind_like_torch():
+    assert make_premul_sum(2.0) == make_premul_sum(3.0)
+    assert make_premul_sum(2.0) != ReduceOp.SUM
+
+
+def test_constructor_rejects_non_ops():
+    for bad in (0, "sum", None, 1.5):
+        with pytest.raises(TypeError, match="expected a ReduceOp"):
+            ReduceOp(bad)
+    with pytest.raises(TypeError):
+        ReduceOp()  # type: ignore[call-arg]
+
+
+def test_constructor_copies_op_objects():
+    premul = make_premul_sum(4.0)
+    again = ReduceOp(premul)
+    assert again is not premul and again.factor == 4.0
+
+
+@pytest.mark.parametrize("name", [m.name for m in MEMBERS] + ["PREMUL_SUM"])
+def test_torch_members_and_objects_map_to_ours(name):
+    torch_member = getattr(tdist.ReduceOp, name)
+    ours = getattr(ReduceOp, name)
+    assert reduce_op_of(torch_member) is ours
+    if name != "PREMUL_SUM":
+        assert reduce_op_of(tdist.ReduceOp(torch_member)) is ours
+        assert ReduceOp(torch_member) == ours
+        assert ReduceOp(tdist.ReduceOp(torch_member)) == ours
+        assert ReduceOp(ours) == tdist.ReduceOp(torch_member)
+
+
+def test_torch_premul_sum_keeps_factor():
+    ours = to_reduce_op(tdist._make_nccl_premul_sum(2.5))
+    assert ours.op is ReduceOp.PREMUL_SUM and ours.factor == 2.5
+    tensor = to_reduce_op(tdist._make_nccl_premul_sum(torch.tensor(3.0)))
+    assert torch.equal(tensor.factor, torch.tensor(3.0))
+
+
+def test_reduce_op_of_and_to_reduce_op():
+    obj = ReduceOp(ReduceOp.MIN)
+    assert reduce_op_of(ReduceOp.MIN) is ReduceOp.MIN
+    assert reduce_op_of(obj) is ReduceOp.MIN
+    assert to_reduce_op(obj) is obj
+    assert to_reduce_op(ReduceOp.BOR) == ReduceOp.BOR
+    for bad in (3, "max", object()):
+        with pytest.raises(TypeError, match="expected a ReduceOp"):
+            reduce_op_of(bad)
+        with pytest.raises(TypeError, match="expected a ReduceOp"):
+            to_reduce_op(bad)
+
+
+# -- collective options ----------------------------------------------------------------------
+ROOTED = [o.BroadcastOptions, o.ReduceOptions, o.GatherOptions, o.ScatterOptions]
+REDUCING = [
+    o.AllreduceOptions,
+    o.AllreduceCoalescedOptions,
+    o.ReduceOptions,
+    o.ReduceScatterOptions,
+]
+ALL = [
+    o.AllreduceOptions,
+    o.AllreduceCoalescedOptions,
+    o.BroadcastOptions,
+    o.ReduceOptions,
+    o.GatherOptions,
+    o.ScatterOptions,
+    o.ReduceScatterOptions,
+    o.AllgatherOptions,
+    o.AllToAllOptions,
+    o.BarrierOptions,
+]
+
+
+def _public(obj) -> set[str]:
+    return {n for n in dir(obj) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_option_fields_match_torch(cls):
+    torch_cls = getattr(torch._C._distributed_c10d, cls.__name__)
+    torch_fields = _public(torch_cls())
+    assert torch_fields <= _public(cls())
+    ours = cls()
+    assert ours.timeout == o.UNSET_TIMEOUT == torch_cls().timeout
+    assert o.is_unset_timeout(ours.timeout)
+    assert ours.asyncOp is True
+    assert repr(ours).startswith(cls.__name__ + "(")
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_option_timeout_and_unknown_attributes(cls):
+    opts = cls()
+    opts.timeout = timedelta(milliseconds=1)
+    assert opts.timeout == timedelta(milliseconds=1)
+    assert o.resolve_timeout(opts.timeout, timedelta(seconds=9)) == timedelta(milliseconds=1)
+    assert o.resolve_timeout(cls().timeout, timedelta(seconds=9)) == timedelta(seconds=9)
+    with pytest.raises(TypeError, match="timedelta"):
+        opts.timeout = 5
+    with pytest.raises(AttributeError):
+        opts.rootrank = 1  # a typo must not pass silently
+
+
+@pytest.mark.parametrize("cls", ROOTED, ids=lambda c: c.__name__)
+def test_root_fields(cls):
+    opts = cls()
+    assert opts.rootRank == 0
+    opts.rootRank = 3
+    assert opts.rootRank == 3
+    with pytest.raises(TypeError, match="rootRank"):
+        opts.rootRank = 1.5
+    if hasattr(opts, "rootTensor"):
+        assert opts.rootTensor == 0
+        opts.rootTensor = 1
+        assert opts.rootTensor == 1
+
+
+@pytest.mark.parametrize("cls", REDUCING, ids=lambda c: c.__name__)
+def test_reduce_op_field(cls):
+    opts = cls()
+    assert opts.reduceOp == ReduceOp.SUM and isinstance(opts.reduceOp, ReduceOp)
+    opts.reduceOp = ReduceOp.MAX
+    assert opts.reduceOp == ReduceOp.MAX and opts.reduceOp.op is RedOpType.MAX
+    opts.reduceOp = tdist.ReduceOp.BXOR
+    assert opts.reduceOp == ReduceOp.BXOR
+    opts.reduceOp = make_premul_sum(2.0)
+    assert opts.reduceOp.factor == 2.0
+    with pytest.raises(TypeError):
+        opts.reduceOp = "x"
+
+
+def test_barrier_options():
+    opts = o.BarrierOptions()
+    assert opts.device_ids == [] and opts.device is None
+    opts.device_ids = [0]
+    assert opts.device_ids == [0]
+    assert o.BarrierOptions().device_ids == []  # not shared between instances
+
+
+def test_allreduce_coalesced_is_allreduce_options():
+    assert issubclass(o.AllreduceCoalescedOptions, o.AllreduceOptions)
+
+
+# -- group options ---------------------------------------------------------------------------
+def test_group_options_defaults_match_torch():
+    torch_opts = tdist.ProcessGroupGloo._Options()
+    ours = o.Options()
+    assert ours._timeout == ours.timeout == torch_opts._timeout == timedelta(minutes=30)
+    assert ours._threads == ours.threads == torch_opts._threads == 2
+    assert ours.backend == torch_opts.backend == "gloo"
+    assert ours.group_name == torch_opts.group_name == ""
+    assert ours._devices == [] and list(ours.global_ranks_in_group) == []
+    assert ours.bind_host is None and ours.advertise_host is None
+
+
+def test_group_options_setters():
+    opts = o.Options()
+    opts._timeout = 50.0  # seconds, as in torch's test_set_gloo_pg_timeout
+    assert opts.timeout == timedelta(seconds=50)
+    opts.timeout = timedelta(seconds=23)
+    assert opts._timeout == timedelta(seconds=23)
+    opts._threads = 8
+    assert opts.threads == 8
+    opts.bind_host = "127.0.0.1"
+    opts.group_name = "g"
+    assert "127.0.0.1" in repr(opts)
+    with pytest.raises(ValueError, match="threads"):
+        opts.threads = 0
+    with pytest.raises(TypeError, match="threads"):
+        opts.threads = 2.5
+    with pytest.raises(ValueError, match="timeout"):
+        opts.timeout = -1.0
+    with pytest.raises(TypeError, match="timeout"):
+        opts.timeout = "1s"
+    with pytest.raises(AttributeError):
+        opts.thread = 3
+
+
+def test_group_options_constructor():
+    opts = o.Options(timeout=5, threads=4, bind_host="0.0.0.0", advertise_host="10.0.0.1")
+    assert (opts.timeout, opts.threads) == (timedelta(seconds=5), 4)
+    assert (opts.bind_host, opts.advertise_host) == ("0.0.0.0", "10.0.0.1")
+    assert tdist.constants.default_pg_timeout == o.DEFAULT_PG_TIMEOUT
