@@ -180,16 +180,15 @@ class TCPStore(Store):
             return self.timeout.total_seconds() or float("inf")
         return wait_s + REPLY_GRACE_S if wait_s > 0 else float("inf")
 
-    def _call(self, op: int, num: int = 0, args: Sequence[bytes] = (), wait_s: float | None = None):
-        """Send one request and return ``(num, args)`` of its reply, raising on error statuses."""
-        frame = encode(op, num, args)
+    def _exchange(self, frame: bytes, reply_wait_s: float | None, want_reply: bool):
+        """Send ``frame`` and, if ``want_reply``, return the reply; errors close the connection."""
         with self._lock:
             conn = self._resources.conn
             if conn is None:
                 raise DistStoreError(f"TCPStore to {self.host}:{self.port} is closed")
             try:
                 conn.send(frame, self._io_timeout(None))
-                reply = conn.receive(self._io_timeout(wait_s))
+                return conn.receive(self._io_timeout(reply_wait_s)) if want_reply else None
             except TimeoutError as exc:
                 self._resources.release()
                 raise DistStoreError(
@@ -201,7 +200,10 @@ class TCPStore(Store):
                 raise DistNetworkError(
                     f"TCPStore lost its connection to the server at {self.host}:{self.port}: {exc}"
                 ) from exc
-        status, rnum, rargs = reply
+
+    def _call(self, op: int, num: int = 0, args: Sequence[bytes] = (), wait_s: float | None = None):
+        """Send one request and return ``(num, args)`` of its reply, raising on error statuses."""
+        status, rnum, rargs = self._exchange(encode(op, num, args), wait_s, want_reply=True)
         if status == Status.OK:
             return rnum, rargs
         if status == Status.TIMEOUT:
@@ -221,19 +223,8 @@ class TCPStore(Store):
         """
         if self._resources.server is not None:
             self._call(op, 1, args)
-            return
-        frame = encode(op, 0, args)
-        with self._lock:
-            conn = self._resources.conn
-            if conn is None:
-                raise DistStoreError(f"TCPStore to {self.host}:{self.port} is closed")
-            try:
-                conn.send(frame, self._io_timeout(None))
-            except (OSError, ValueError) as exc:
-                self._resources.release()
-                raise DistNetworkError(
-                    f"TCPStore lost its connection to the server at {self.host}:{self.port}: {exc}"
-                ) from exc
+        else:
+            self._exchange(encode(op, 0, args), None, want_reply=False)
 
     def _blocking(self, op: int, keys: list[str], timeout: TimeoutLike | None):
         """A request the server holds until ``keys`` exist; its timeout becomes a DistStoreError."""
