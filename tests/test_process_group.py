@@ -9,26 +9,14 @@ from datetime import timedelta
 
 import pytest
 import torch
+from pg_helpers import make_pg, value_of
 
 import pyc10d
-from pyc10d import ProcessGroup, ReduceOp
+from pyc10d import ReduceOp
 from pyc10d.process_group import options as o
 from pyc10d.testing import spawn, world_sizes
 
 TIMEOUT = 90
-
-
-def make_pg(ctx, threads: int = 2, timeout: float = 30.0) -> ProcessGroup:
-    options = ProcessGroup.Options()
-    options._timeout = timedelta(seconds=timeout)
-    options.threads = threads
-    return ProcessGroup(ctx.store, ctx.rank, ctx.world_size, options)
-
-
-def value_of(work):
-    fut = work.get_future()
-    fut.wait()
-    return fut.value()
 
 
 # -- broadcast -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ later operation raises an error naming the dead rank (make a new group to contin
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -105,6 +106,7 @@ class ProcessGroup:
         self._p2p_engines: dict[object, Engine] = {}
         self._seq = 0
         self._lock = threading.Lock()
+        self._running: dict[int, Work] = {}  # collectives not yet finished, for barrier()
         self._finalizer = weakref.finalize(
             self, ProcessGroup._shutdown, self._engine, self._p2p_engines, self._transport
         )
@@ -182,14 +184,24 @@ class ProcessGroup:
         with self._lock:
             self._seq += 1
             seq = self._seq
-        work = Work(op_type, seq, outputs)
+            work = Work(op_type, seq, outputs)
+            self._running[seq] = work
         value = _future_value(outputs)
 
         def run() -> Any:
-            self._run(op_type, seq, seconds, body)
+            try:
+                self._run(op_type, seq, seconds, body)
+            finally:
+                with self._lock:
+                    self._running.pop(seq, None)
             return value
 
-        return self._engine.submit(work, run)
+        try:
+            return self._engine.submit(work, run)
+        except BaseException:  # shut down: it will never run
+            with self._lock:
+                self._running.pop(seq, None)
+            raise
 
     # -- broadcast ----------------------------------------------------------------------------
     def broadcast(self, tensors: Any, opts: Any = None, root: int | None = None) -> Work:
@@ -531,9 +543,25 @@ class ProcessGroup:
 
     # -- barrier ------------------------------------------------------------------------------
     def barrier(self, opts: Any = None) -> Work:
-        """Complete once every rank has called barrier (and earlier operations were issued)."""
+        """Complete once every rank has called barrier and finished the collectives it issued
+        before it (as in torch, a barrier implies waiting for earlier work; their errors stay
+        with their own Work)."""
         opts = opts if opts is not None else BarrierOptions()
-        return self._collective("barrier", opts, [], exchange.barrier)
+        with self._lock:
+            prior = list(self._running.values())
+
+        def body(ctx: OpContext) -> None:
+            # earlier collectives were dequeued before this one: they are running or done
+            for work in prior:
+                remaining = ctx.deadline.remaining()
+                if not work._done.wait(None if math.isinf(remaining) else remaining):
+                    raise TransportTimeout(
+                        f"{work.op_type} (#{work.seq}) issued before the barrier",
+                        ctx.deadline.seconds,
+                    )
+            exchange.barrier(ctx)
+
+        return self._collective("barrier", opts, [], body)
 
     # -- point to point -----------------------------------------------------------------------
     def _p2p_engine(self, key: object) -> Engine:

@@ -45,6 +45,12 @@ def _setup(ctx: RankContext, lifeline: Connection) -> None:
     _stack_file = open(stack_dump_path(ctx.tmpdir, ctx.rank), "w")  # noqa: SIM115
     faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True)
     os.environ.update(ctx.env)
+    if "OMP_NUM_THREADS" not in ctx.env and "OMP_NUM_THREADS" not in os.environ:
+        # like torchrun: one intra-op thread per rank unless asked, so N ranks don't fight over
+        # the cores with N thread pools
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def run_rank(
