@@ -18,12 +18,9 @@ def _combine_in_rank_order(op: object, flat: torch.Tensor, parts: list[torch.Ten
         reduce_into(op, flat, part)
 
 
-def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
-    """Every rank sends its buffer to every other rank and reduces all of them (one round)."""
+def _contributions(ctx: OpContext, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``flat`` in rank order (this rank's as a copy), received as message 0."""
     parts: list[torch.Tensor] = []
-    for peer in range(ctx.size):
-        if peer != ctx.rank:
-            ctx.send(peer, 0, flat)
     for peer in range(ctx.size):
         if peer == ctx.rank:
             parts.append(flat.clone())
@@ -31,7 +28,15 @@ def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
             part = torch.empty_like(flat)
             ctx.recv(peer, 0, part)
             parts.append(part)
-    _combine_in_rank_order(op, flat, parts)
+    return parts
+
+
+def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
+    """Every rank sends its buffer to every other rank and reduces all of them (one round)."""
+    for peer in range(ctx.size):
+        if peer != ctx.rank:
+            ctx.send(peer, 0, flat)
+    _combine_in_rank_order(op, flat, _contributions(ctx, flat))
 
 
 def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) -> int:
@@ -83,12 +88,4 @@ def reduce(ctx: OpContext, flat: torch.Tensor, op: object, root: int) -> None:
     if ctx.rank != root:
         ctx.send(root, 0, flat)
         return
-    parts = []
-    for peer in range(ctx.size):
-        if peer == ctx.rank:
-            parts.append(flat.clone())
-        else:
-            part = torch.empty_like(flat)
-            ctx.recv(peer, 0, part)
-            parts.append(part)
-    _combine_in_rank_order(op, flat, parts)
+    _combine_in_rank_order(op, flat, _contributions(ctx, flat))
