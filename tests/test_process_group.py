@@ -9,12 +9,13 @@ from datetime import timedelta
 
 import pytest
 import torch
-from pg_helpers import make_pg, value_of
 
 import pyc10d
 from pyc10d import ReduceOp
 from pyc10d.process_group import options as o
 from pyc10d.testing import spawn, world_sizes
+
+from pg_helpers import make_pg, value_of
 
 TIMEOUT = 90
 

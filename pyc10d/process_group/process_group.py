@@ -49,6 +49,7 @@ from .options import (
     ScatterOptions,
 )
 from .reduce_op import ReduceOp, reduce_op_of
+from .staging import staged_on_host
 from .work import Work
 
 Body = Callable[[OpContext], None]
@@ -204,6 +205,7 @@ class ProcessGroup:
             raise
 
     # -- broadcast ----------------------------------------------------------------------------
+    @staged_on_host
     def broadcast(self, tensors: Any, opts: Any = None, root: int | None = None) -> Work:
         """Copy the root's tensor to every rank; ``broadcast(tensor, root)`` also works."""
         if isinstance(tensors, torch.Tensor):
@@ -251,6 +253,7 @@ class ProcessGroup:
             if tensor.data_ptr() != acc.data_ptr() or not tensor.is_contiguous():
                 tensor.copy_(acc.view_as(tensor))
 
+    @staged_on_host
     def allreduce(self, tensors: Any, opts: Any = None, op: Any = None) -> Work:
         """Reduce tensors across ranks in place (several per rank are reduced together).
 
@@ -278,6 +281,7 @@ class ProcessGroup:
 
         return self._collective("allreduce", opts, [tensors], body)
 
+    @staged_on_host
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
         """Allreduce several tensors of one dtype as one flattened buffer."""
         opts = opts if opts is not None else AllreduceCoalescedOptions()
@@ -296,6 +300,7 @@ class ProcessGroup:
 
         return self._collective("allreduce_coalesced", opts, [tensors], body)
 
+    @staged_on_host
     def reduce(
         self, tensors: Any, opts: Any = None, op: Any = None, root: int | None = None
     ) -> Work:
@@ -325,6 +330,7 @@ class ProcessGroup:
         return self._collective("reduce", opts, [tensors], body)
 
     # -- allgather ----------------------------------------------------------------------------
+    @staged_on_host
     def allgather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> Work:
         """Every rank's input lands in every rank's output list (``[rank * n_inputs + i]``)."""
         if isinstance(input_tensors, torch.Tensor):
@@ -345,6 +351,7 @@ class ProcessGroup:
 
         return self._collective("allgather", opts, output_tensors, body)
 
+    @staged_on_host
     def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
         """Gather every rank's ``input`` into one tensor ``output`` (rank-major)."""
         opts = opts if opts is not None else AllgatherOptions()
@@ -358,6 +365,7 @@ class ProcessGroup:
 
         return self._collective("_allgather_base", opts, [[output]], body)
 
+    @staged_on_host
     def allgather_into_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
     ) -> Work:
@@ -374,6 +382,7 @@ class ProcessGroup:
 
         return self._collective("allgather_into_tensor_coalesced", opts, [outputs], body)
 
+    @staged_on_host
     def allgather_coalesced(
         self,
         output_lists: list[list[torch.Tensor]],
@@ -399,6 +408,7 @@ class ProcessGroup:
         return self._collective("allgather_coalesced", opts, output_lists, body)
 
     # -- gather / scatter ---------------------------------------------------------------------
+    @staged_on_host
     def gather(
         self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
     ) -> Work:
@@ -422,6 +432,7 @@ class ProcessGroup:
 
         return self._collective("gather", opts, output_tensors, body)
 
+    @staged_on_host
     def scatter(
         self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
     ) -> Work:
@@ -442,6 +453,7 @@ class ProcessGroup:
         return self._collective("scatter", opts, [output_tensors], body)
 
     # -- reduce-scatter -----------------------------------------------------------------------
+    @staged_on_host
     def reduce_scatter(
         self, output_tensors: Any, input_tensors: Any, opts: Any = None, op: Any = None
     ) -> Work:
@@ -465,6 +477,7 @@ class ProcessGroup:
 
         return self._collective("reduce_scatter", opts, [output_tensors], body)
 
+    @staged_on_host
     def _reduce_scatter_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
     ) -> Work:
@@ -478,6 +491,7 @@ class ProcessGroup:
 
         return self._collective("_reduce_scatter_base", opts, [[output]], body)
 
+    @staged_on_host
     def reduce_scatter_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
     ) -> Work:
@@ -495,6 +509,7 @@ class ProcessGroup:
         return self._collective("reduce_scatter_tensor_coalesced", opts, [outputs], body)
 
     # -- all-to-all ---------------------------------------------------------------------------
+    @staged_on_host
     def alltoall_base(
         self,
         output: torch.Tensor,
@@ -519,6 +534,7 @@ class ProcessGroup:
 
         return self._collective("alltoall_base", opts, [[output]], body)
 
+    @staged_on_host
     def alltoall(
         self,
         output_tensors: list[torch.Tensor],
@@ -575,6 +591,7 @@ class ProcessGroup:
     def _p2p_deadline(self) -> Deadline:
         return Deadline(self._default_timeout().total_seconds())
 
+    @staged_on_host
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> Work:
         """Send ``tensors[0]`` to ``dstRank`` under ``tag`` (messages to one peer stay ordered)."""
         check.check_send(self._rank, self._size, tensors, dstRank, tag)
@@ -588,11 +605,13 @@ class ProcessGroup:
             work._complete(tensors)
         return work
 
+    @staged_on_host
     def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int = 0) -> Work:
         """Receive into ``tensors[0]`` from ``srcRank`` (receives from one peer stay ordered)."""
         check.check_recv(self._rank, self._size, tensors, srcRank, tag)
         return self._recv(tensors, [srcRank], tag, ("recv", srcRank))
 
+    @staged_on_host
     def recv_anysource(self, tensors: list[torch.Tensor], tag: int = 0) -> Work:
         """Receive from whichever rank sends first; ``work.source_rank()`` says which."""
         check.check_recv_anysource(self._rank, self._size, tensors, tag)
