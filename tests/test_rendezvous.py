@@ -9,14 +9,7 @@ import pytest
 
 import pyc10d
 from pyc10d import FileStore, HashStore, TCPStore, register_rendezvous_handler, rendezvous
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pyc10d.testing import free_port
 
 
 def test_tcp_port_zero_single_rank_picks_a_real_port():
@@ -31,7 +24,7 @@ def test_tcp_port_zero_single_rank_picks_a_real_port():
 
 
 def test_tcp_two_ranks_share_a_store():
-    port = _free_port()
+    port = free_port()
     results = {}
 
     def rank1():
@@ -63,7 +56,7 @@ def test_rendezvous_iterator_refuses_re_rendezvous():
 
 
 def test_env(monkeypatch):
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(port))
     monkeypatch.setenv("RANK", "0")
@@ -75,7 +68,7 @@ def test_env(monkeypatch):
 
 def test_env_arguments_override_variables(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "8")
     store, rank, world_size = next(rendezvous("env://", rank=0, world_size=1))

@@ -13,6 +13,7 @@ import pytest
 
 from pyc10d import DistNetworkError, DistStoreError, TCPStore
 from pyc10d.store.tcp.protocol import Op, encode
+from pyc10d.testing import free_port
 
 
 @pytest.fixture
@@ -49,9 +50,7 @@ def test_client_needs_a_port():
 
 
 def test_wait_for_workers_returns_when_all_joined():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     joined = []
 
     def worker():
@@ -87,9 +86,7 @@ def test_connecting_to_no_server_times_out_naming_it():
 
 
 def test_client_retries_until_the_server_starts():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     started = threading.Event()
     result = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import random
 import shutil
 import signal
 import socket
@@ -33,8 +34,30 @@ STACK_DUMP_WAIT_SECONDS = 0.5
 MASTER_ADDR = "127.0.0.1"
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """The lowest port the kernel hands out for outgoing connections and ``bind(0)``."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_port(host: str = MASTER_ADDR) -> int:
-    """A TCP port that was free on ``host`` a moment ago (another process may take it since)."""
+    """A TCP port that is free on ``host`` now, for a server to bind later.
+
+    It is picked below the kernel's ephemeral range, so the many short-lived connections of
+    other tests cannot take it in the meantime (only an explicit bind could).
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10000, low) if low > 10100 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
