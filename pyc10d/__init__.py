@@ -6,6 +6,8 @@ Use it where you would use ``torch.distributed``::
 """
 
 from . import futures
+from .api import *  # noqa: F403
+from .api import __all__ as _api_all
 from .errors import DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError
 from .process_group import (
     AllgatherOptions,
@@ -54,4 +56,5 @@ __all__ = [
     "futures",
     "register_rendezvous_handler",
     "rendezvous",
+    *_api_all,
 ]

@@ -1,0 +1,52 @@
+"""Layer 5 — the ``torch.distributed`` module surface: init, groups, collectives, objects, p2p."""
+
+from .collectives import *  # noqa: F403
+from .collectives import __all__ as _collectives
+from .debug import *  # noqa: F403
+from .debug import __all__ as _debug
+from .groups import new_group, new_subgroups, new_subgroups_by_enumeration, split_group
+from .init import destroy_process_group, init_process_group
+from .monitored import *  # noqa: F403
+from .monitored import __all__ as _monitored
+from .objects import *  # noqa: F403
+from .objects import __all__ as _objects
+from .p2p import *  # noqa: F403
+from .p2p import __all__ as _p2p
+from .state import (
+    Backend,
+    GroupMember,
+    get_backend,
+    get_global_rank,
+    get_group_rank,
+    get_process_group_ranks,
+    get_rank,
+    get_world_size,
+    group,
+    is_available,
+    is_initialized,
+)
+
+__all__ = [
+    "Backend",
+    "GroupMember",
+    "destroy_process_group",
+    "get_backend",
+    "get_global_rank",
+    "get_group_rank",
+    "get_process_group_ranks",
+    "get_rank",
+    "get_world_size",
+    "group",
+    "init_process_group",
+    "is_available",
+    "is_initialized",
+    "new_group",
+    "new_subgroups",
+    "new_subgroups_by_enumeration",
+    "split_group",
+    *_collectives,
+    *_debug,
+    *_monitored,
+    *_objects,
+    *_p2p,
+]

@@ -1,0 +1,3 @@
+"""Placeholder until filled in this session."""
+
+__all__: list[str] = []

@@ -1,0 +1,215 @@
+"""The module-level state behind the ``torch.distributed`` API: the default group and the
+registry of groups (their global ranks), plus ``Backend``, ``group`` and ``GroupMember``."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..process_group import ProcessGroup
+from ..store import Store
+
+PYC10D = "pyc10d"
+_ALIASES = {"gloo": "gloo", "cpu:gloo": "gloo", PYC10D: PYC10D, "cpu:pyc10d": PYC10D}
+_NOT_PROVIDED = ("nccl", "mpi", "ucc", "xccl", "hccl", "cuda:nccl")
+
+
+class Backend(str):
+    """A backend name, lower-cased (``Backend("GLOO") == "gloo"``), like torch's ``Backend``.
+
+    pyc10d runs everything on its own CPU engine; ``"gloo"`` and ``"cpu:gloo"`` name it too, so
+    unmodified torch scripts run. NCCL, MPI and the other device backends are not provided.
+    """
+
+    UNDEFINED = "undefined"
+    GLOO = "gloo"
+    PYC10D = PYC10D
+    NCCL = "nccl"
+    MPI = "mpi"
+    UCC = "ucc"
+
+    def __new__(cls, name: str) -> Backend:
+        if not isinstance(name, str):
+            raise ValueError(f"Backend name must be a string, but got: {name!r}")
+        value = name.lower()
+        if value in _NOT_PROVIDED:
+            raise ValueError(
+                f"pyc10d does not provide the {value!r} backend: it runs collectives on CPU "
+                f"tensors with its own engine; use backend='gloo' (an alias) or leave it unset"
+            )
+        if value not in _ALIASES:
+            raise ValueError(f"Invalid backend: {name!r} (pyc10d accepts 'gloo' or 'pyc10d')")
+        return super().__new__(cls, _ALIASES[value])
+
+
+@dataclass
+class GroupInfo:
+    """What the API knows about one group: its backend name and its members' global ranks."""
+
+    backend: str
+    ranks: list[int]  # global rank of each group rank
+    name: str
+    store: Store | None = None
+
+    def group_rank(self, global_rank: int) -> int:
+        """This group's rank of ``global_rank``; ValueError if it is not a member."""
+        try:
+            return self.ranks.index(global_rank)
+        except ValueError:
+            message = f"Global rank {global_rank} is not part of group {self.name}"
+            raise ValueError(message) from None
+
+
+@dataclass
+class World:
+    """The default group and every group created through the API."""
+
+    default_pg: ProcessGroup | None = None
+    default_store: Store | None = None
+    global_rank: int = -1
+    groups: dict[ProcessGroup, GroupInfo] = field(default_factory=dict)
+    group_count: int = 0
+    local_group_counts: dict[tuple[int, ...], int] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_world = World()
+
+
+class _NonGroupMember:
+    """The value ``new_group`` returns on ranks outside the group (torch's NON_GROUP_MEMBER)."""
+
+    def __repr__(self) -> str:
+        return "GroupMember.NON_GROUP_MEMBER"
+
+
+class _WorldProperty(type):
+    @property
+    def WORLD(cls) -> ProcessGroup | None:
+        """The default group (None before ``init_process_group``)."""
+        return _world.default_pg
+
+
+class GroupMember(metaclass=_WorldProperty):
+    """``GroupMember.WORLD`` (the default group) and ``GroupMember.NON_GROUP_MEMBER``."""
+
+    NON_GROUP_MEMBER = _NonGroupMember()
+
+
+class group(metaclass=_WorldProperty):
+    """``group.WORLD``: the default process group."""
+
+
+def default_group() -> ProcessGroup:
+    """The default group; ValueError (torch's message) before ``init_process_group``."""
+    pg = _world.default_pg
+    if pg is None:
+        raise ValueError(
+            "Default process group has not been initialized, "
+            "please make sure to call init_process_group."
+        )
+    return pg
+
+
+def is_initialized() -> bool:
+    """True once ``init_process_group`` has run (and until it is destroyed)."""
+    return _world.default_pg is not None
+
+
+def is_available() -> bool:
+    """Always True: pyc10d needs nothing beyond torch."""
+    return True
+
+
+def is_non_member(group: Any) -> bool:
+    """True when ``group`` is the non-member marker (this rank is outside that group)."""
+    return group is GroupMember.NON_GROUP_MEMBER
+
+
+def resolve(group: Any) -> ProcessGroup | None:
+    """The ProcessGroup for ``group`` (None: the default); None when this rank isn't a member."""
+    if group is None:
+        return default_group()
+    if is_non_member(group):
+        return None
+    if group not in _world.groups:
+        raise ValueError(f"The given group {group!r} is not known (was it destroyed?)")
+    return group
+
+
+def info(group: Any) -> GroupInfo:
+    """The registry entry of ``group`` (None: the default)."""
+    pg = default_group() if group is None else group
+    try:
+        return _world.groups[pg]
+    except (KeyError, TypeError):
+        raise ValueError(f"The given group {group!r} is not known (was it destroyed?)") from None
+
+
+def warn_not_in_group(op_name: str) -> None:
+    """torch's warning for a collective called on a group this rank is not part of."""
+    global_rank = _world.global_rank
+    warnings.warn(
+        f"Running {op_name} on global rank {global_rank} which does not belong to the given group.",
+        stacklevel=3,
+    )
+
+
+def get_rank(group: Any = None) -> int:
+    """This process's rank in ``group`` (default: the global rank); -1 outside the group."""
+    if is_non_member(group):
+        return -1
+    pg = resolve(group)
+    return -1 if pg is None else pg.rank()
+
+
+def get_world_size(group: Any = None) -> int:
+    """Number of ranks in ``group`` (default: all); -1 outside the group."""
+    if is_non_member(group):
+        return -1
+    pg = resolve(group)
+    return -1 if pg is None else pg.size()
+
+
+def get_backend(group: Any = None) -> Backend:
+    """The backend name of ``group``; ValueError outside the group, as in torch."""
+    if is_non_member(group):
+        raise ValueError("Invalid process group specified")
+    return Backend(info(group).backend)
+
+
+def get_group_rank(group: Any, global_rank: int) -> int:
+    """``global_rank``'s rank inside ``group``; ValueError if it is not a member."""
+    if group is None or group is _world.default_pg:
+        default_group()
+        return global_rank
+    return info(group).group_rank(global_rank)
+
+
+def get_global_rank(group: Any, group_rank: int) -> int:
+    """The global rank of rank ``group_rank`` of ``group``."""
+    if group is None or group is _world.default_pg:
+        default_group()
+        return group_rank
+    ranks = info(group).ranks
+    if not 0 <= group_rank < len(ranks):
+        raise ValueError(f"Group rank {group_rank} is not part of group {info(group).name}")
+    return ranks[group_rank]
+
+
+def get_process_group_ranks(group: Any) -> list[int]:
+    """The global ranks of ``group``'s members, in group-rank order."""
+    return list(info(group).ranks)
+
+
+def group_rank_of(group: Any, rank: int | None, group_rank: int | None, what: str) -> int:
+    """The group rank meant by torch's ``dst``/``group_dst`` (or ``src``/``group_src``) pair."""
+    if rank is not None and group_rank is not None:
+        raise ValueError(f"Can not specify both {what} and group_{what}")
+    if group_rank is not None:
+        return group_rank
+    if rank is None:
+        return 0
+    return get_group_rank(group, rank)
