@@ -89,7 +89,9 @@ def rendezvous_and_exchange(ctx, scheme: str) -> bytes:
     store, rank, size = next(pyc10d.rendezvous(url, timeout=timedelta(seconds=30), **kwargs))
     assert (rank, size) == (ctx.rank, ctx.world_size)
     store.set(f"hello/{rank}", f"from {rank}")
-    return store.get(f"hello/{(rank + 1) % size}")
+    value = store.get(f"hello/{(rank + 1) % size}")
+    store.barrier("read", size, timedelta(seconds=30))  # rank 0 hosts the store: leave last
+    return value
 
 
 @world_sizes(2, 3)

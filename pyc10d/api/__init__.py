@@ -15,6 +15,7 @@ from .p2p import __all__ as _p2p
 from .state import (
     Backend,
     GroupMember,
+    _rank_not_in_group,
     get_backend,
     get_global_rank,
     get_group_rank,
@@ -29,6 +30,7 @@ from .state import (
 __all__ = [
     "Backend",
     "GroupMember",
+    "_rank_not_in_group",
     "destroy_process_group",
     "get_backend",
     "get_global_rank",

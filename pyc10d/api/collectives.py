@@ -1,3 +1,604 @@
-"""Placeholder until filled in this session."""
+"""The functional collectives of ``torch.distributed`` (``all_reduce``, ``broadcast``, ...).
 
-__all__: list[str] = []
+Each function takes torch's arguments and runs on the default group or ``group``. With
+``async_op=True`` it returns the operation's :class:`~pyc10d.Work`; otherwise it waits and returns
+None. As in torch, a rank outside ``group`` gets a warning and None, and does nothing. ``src`` and
+``dst`` are global ranks; ``group_src`` and ``group_dst`` are ranks within ``group``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from ..process_group import ProcessGroup, Work
+from ..process_group.options import (
+    AllgatherOptions,
+    AllreduceCoalescedOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BarrierOptions,
+    BroadcastOptions,
+    GatherOptions,
+    ReduceOptions,
+    ReduceScatterOptions,
+    ScatterOptions,
+)
+from ..process_group.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
+from . import debug
+from .state import group_rank_of, resolve, warn_not_in_group
+
+__all__ = [
+    "_all_gather_base",
+    "_reduce_scatter_base",
+    "all_gather",
+    "all_gather_coalesced",
+    "all_gather_into_tensor",
+    "all_gather_single",
+    "all_reduce",
+    "all_reduce_coalesced",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "broadcast",
+    "gather",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_single",
+    "reduce_scatter_tensor",
+    "scatter",
+    "supports_complex",
+]
+
+_NOT_FOR_COMPLEX = frozenset(
+    {
+        RedOpType.MAX,
+        RedOpType.MIN,
+        RedOpType.PRODUCT,
+        RedOpType.BAND,
+        RedOpType.BOR,
+        RedOpType.BXOR,
+    }
+)
+
+
+# -- argument checks (torch's front-end checks, with its wording) -----------------------------
+def supports_complex(reduceOp: ReduceOpLike) -> bool:
+    """Whether ``reduceOp`` is meaningful on complex tensors (viewed as real), as in torch.
+
+    MAX, MIN, PRODUCT and the bitwise ops are not; ``reduceOp`` may be ours or torch's.
+    """
+    return reduce_op_of(reduceOp) not in _NOT_FOR_COMPLEX
+
+
+def _check_single_tensor(param: Any, param_name: str) -> None:
+    """TypeError (torch's message) unless ``param`` is a tensor."""
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(
+            f"Invalid function argument. Expected parameter `{param_name}` of type torch.Tensor "
+            f"but got {type(param)} instead."
+        )
+
+
+def _check_tensor_list(param: Any, param_name: str) -> None:
+    """TypeError (torch's message) unless ``param`` is a list of tensors (a tuple is not)."""
+    if not isinstance(param, list):
+        raise TypeError(
+            f"Invalid function argument. Expected parameter `{param_name}` of type "
+            f"List[torch.Tensor] but got {type(param)} instead."
+        )
+    if not all(isinstance(p, torch.Tensor) for p in param):
+        raise TypeError(
+            f"Invalid function argument. Expected parameter `{param_name}` of type "
+            f"List[torch.Tensor] but got {type(param)} with elements of type "
+            f"{[type(p) for p in param]}."
+        )
+
+
+def _ensure_same_dtype(*tensors: torch.Tensor | list[torch.Tensor]) -> None:
+    """ValueError unless all tensors share one dtype; a complex dtype matches its real one."""
+    first: torch.dtype | None = None
+    for item in tensors:
+        for tensor in item if isinstance(item, list) else [item]:
+            dtype = tensor.dtype.to_real() if tensor.dtype.is_complex else tensor.dtype
+            if first is None:
+                first = dtype
+            elif dtype != first:
+                raise ValueError(
+                    f"Invalid usage of tensors with different dtypes. "
+                    f"Found {first} and {tensor.dtype}"
+                )
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` viewed as real (a trailing dimension of 2) when complex, as torch sends it."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _root(group: Any, rank: int | None, group_rank: int | None, what: str) -> int:
+    """The group rank named by a ``src``/``group_src`` (or ``dst``) pair; one must be given."""
+    if rank is None and group_rank is None:
+        raise ValueError(f"Must specify {what} (a global rank) or group_{what} (a group rank)")
+    return group_rank_of(group, rank, group_rank, what)
+
+
+def _finish(work: Work, async_op: bool) -> Work | None:
+    """The Work when ``async_op``; otherwise wait for it (re-raising its error) and return None."""
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+def _deprecated(name: str, instead: str) -> None:
+    """torch's FutureWarning for a deprecated collective."""
+    warnings.warn(
+        f"`torch.distributed.{name}` is deprecated. "
+        f"Please use `torch.distributed.{instead}` instead.",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def _will_be_deprecated(name: str) -> None:
+    """torch's FutureWarning for the coalesced collectives it plans to deprecate."""
+    warnings.warn(
+        f"`torch.distributed.{name}` will be deprecated. If you must use it, please revisit our "
+        "documentation later at "
+        "https://pytorch.org/docs/main/distributed.html#collective-functions",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+# -- broadcast, all_reduce, reduce ---------------------------------------------------------------
+def broadcast(
+    tensor: torch.Tensor,
+    src: int | None = None,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    group_src: int | None = None,
+) -> Work | None:
+    """Copy ``tensor`` from the source rank to every rank of the group (torch's ``broadcast``).
+
+    The source is global rank ``src`` or group rank ``group_src`` (exactly one must be given).
+    """
+    _check_single_tensor(tensor, "tensor")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("broadcast")
+        return None
+    opts = BroadcastOptions()
+    opts.rootRank = _root(group, src, group_src, "src")
+    opts.rootTensor = 0
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "broadcast", [tensor])
+    return _finish(pg.broadcast([_real(tensor)], opts), async_op)
+
+
+def all_reduce(
+    tensor: torch.Tensor,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Reduce ``tensor`` across the group in place; every rank gets the result.
+
+    As in torch, complex tensors are reduced as real views; ops without meaning on complex
+    numbers (MAX, MIN, PRODUCT, bitwise) raise ValueError for them.
+    """
+    _check_single_tensor(tensor, "tensor")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_reduce")
+        return None
+    if tensor.is_complex() and not supports_complex(op):
+        raise ValueError(f"all_reduce does not support {op} on complex tensors")
+    opts = AllreduceOptions()
+    opts.reduceOp = op
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_reduce", [tensor])
+    return _finish(pg.allreduce([_real(tensor)], opts), async_op)
+
+
+def all_reduce_coalesced(
+    tensors: list[torch.Tensor] | torch.Tensor,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> torch.futures.Future | None:
+    """All-reduce several tensors (of one dtype, any shapes) in one operation.
+
+    Like torch: a FutureWarning (it will be deprecated), and with ``async_op`` the Work's
+    future is returned, not the Work.
+    """
+    _will_be_deprecated("all_reduce_coalesced")
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    _check_tensor_list(tensors, "tensor")
+    _ensure_same_dtype(tensors)
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_reduce_coalesced")
+        return None
+    if any(t.is_complex() for t in tensors) and not supports_complex(op):
+        raise ValueError(f"all_reduce does not support {op} on complex tensors")
+    opts = AllreduceCoalescedOptions()
+    opts.reduceOp = op
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_reduce_coalesced", tensors)
+    work = pg.allreduce_coalesced([_real(t) for t in tensors], opts)
+    if async_op:
+        return work.get_future()
+    work.wait()
+    return None
+
+
+def reduce(
+    tensor: torch.Tensor,
+    dst: int | None = None,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    group_dst: int | None = None,
+) -> Work | None:
+    """Reduce ``tensor`` across the group onto the destination rank (torch's ``reduce``).
+
+    The destination is global rank ``dst`` or group rank ``group_dst`` (exactly one); only its
+    ``tensor`` receives the result.
+    """
+    _check_single_tensor(tensor, "tensor")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("reduce")
+        return None
+    opts = ReduceOptions()
+    opts.reduceOp = op
+    opts.rootRank = _root(group, dst, group_dst, "dst")
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "reduce", [tensor])
+    return _finish(pg.reduce([tensor], opts), async_op)
+
+
+# -- all_gather family ---------------------------------------------------------------------------
+def all_gather(
+    tensor_list: list[torch.Tensor],
+    tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Gather every rank's ``tensor`` into ``tensor_list`` (one entry per group rank).
+
+    Complex tensors are gathered as real views, as in torch.
+    """
+    _check_tensor_list(tensor_list, "tensor_list")
+    _check_single_tensor(tensor, "tensor")
+    _ensure_same_dtype(tensor_list, tensor)
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_gather")
+        return None
+    opts = AllgatherOptions()
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_gather", [tensor])
+    work = pg.allgather([[_real(t) for t in tensor_list]], [_real(tensor)], opts)
+    return _finish(work, async_op)
+
+
+def all_gather_single(
+    output_tensor: torch.Tensor,
+    input_tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Gather every rank's ``input_tensor`` into one ``output_tensor``, in group-rank order.
+
+    ``output_tensor`` is the concatenation ``(size * n, ...)`` or the stack ``(size, n, ...)``
+    of the inputs, as torch accepts.
+    """
+    _check_single_tensor(input_tensor, "input_tensor")
+    _check_single_tensor(output_tensor, "output_tensor")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_gather_single")
+        return None
+    opts = AllgatherOptions()
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_gather_single", [input_tensor])
+    work = pg._allgather_base(_real(output_tensor), _real(input_tensor), opts)
+    return _finish(work, async_op)
+
+
+def all_gather_into_tensor(
+    output_tensor: torch.Tensor,
+    input_tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """:func:`all_gather_single` under its older name (torch 2.13 deprecates it: FutureWarning)."""
+    _deprecated("all_gather_into_tensor", "all_gather_single")
+    return all_gather_single(output_tensor, input_tensor, group, async_op)
+
+
+def _all_gather_base(
+    output_tensor: torch.Tensor,
+    input_tensor: torch.Tensor,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """:func:`all_gather_single` under torch's private name (deprecated: FutureWarning)."""
+    _deprecated("_all_gather_base", "all_gather_single")
+    return all_gather_single(output_tensor, input_tensor, group, async_op)
+
+
+def all_gather_coalesced(
+    output_tensor_lists: list[list[torch.Tensor]],
+    input_tensor_list: list[torch.Tensor],
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> torch.futures.Future | None:
+    """``output_tensor_lists[r][i]`` receives input ``i`` of group rank ``r``, in one operation.
+
+    Like torch: a FutureWarning (it will be deprecated), and with ``async_op`` the Work's
+    future is returned, not the Work.
+    """
+    _will_be_deprecated("all_gather_coalesced")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_gather_coalesced")
+        return None
+    _check_tensor_list(input_tensor_list, "input_tensor_list")
+    _ensure_same_dtype(input_tensor_list)
+    if not isinstance(output_tensor_lists, list):
+        raise TypeError("Invalid function argument: output_tensor_lists should be a list")
+    for output_tensor_list in output_tensor_lists:
+        _check_tensor_list(output_tensor_list, "output_tensor_lists")
+        _ensure_same_dtype(output_tensor_list)
+    opts = AllgatherOptions()
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_gather_coalesced", input_tensor_list)
+    work = pg.allgather_coalesced(
+        [[_real(t) for t in outputs] for outputs in output_tensor_lists],
+        [_real(t) for t in input_tensor_list],
+        opts,
+    )
+    if async_op:
+        return work.get_future()
+    work.wait()
+    return None
+
+
+# -- gather, scatter -----------------------------------------------------------------------------
+def gather(
+    tensor: torch.Tensor,
+    gather_list: list[torch.Tensor] | None = None,
+    dst: int | None = None,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    group_dst: int | None = None,
+) -> Work | None:
+    """Collect every rank's ``tensor`` into ``gather_list`` on the destination rank.
+
+    As in torch: the destination defaults to global rank 0; ``gather_list`` (one tensor per
+    group rank) must be given there and only there (ValueError otherwise).
+    """
+    _check_single_tensor(tensor, "tensor")
+    if gather_list:
+        _check_tensor_list(gather_list, "gather_list")
+    else:
+        gather_list = []
+    _ensure_same_dtype(tensor, gather_list)
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("gather")
+        return None
+    if dst is None and group_dst is None:
+        dst = 0
+    root = _root(group, dst, group_dst, "dst")
+    if root == pg.rank():
+        if not gather_list:
+            raise ValueError("Argument ``gather_list`` must be specified on destination rank.")
+    elif gather_list:
+        raise ValueError("Argument ``gather_list`` must NOT be specified on non-destination ranks.")
+    opts = GatherOptions()
+    opts.rootRank = root
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "gather", [tensor])
+    outputs = [gather_list] if root == pg.rank() else []
+    return _finish(pg.gather(outputs, [tensor], opts), async_op)
+
+
+def scatter(
+    tensor: torch.Tensor,
+    scatter_list: list[torch.Tensor] | None = None,
+    src: int | None = None,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    group_src: int | None = None,
+) -> Work | None:
+    """Send ``scatter_list[r]`` from the source rank to group rank ``r``'s ``tensor``.
+
+    As in torch: the source defaults to global rank 0; ``scatter_list`` must be given there and
+    only there (ValueError otherwise); complex tensors travel as real views.
+    """
+    _check_single_tensor(tensor, "tensor")
+    if scatter_list:
+        _check_tensor_list(scatter_list, "scatter_list")
+    else:
+        scatter_list = []
+    _ensure_same_dtype(tensor, scatter_list)
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("scatter")
+        return None
+    if src is None and group_src is None:
+        src = 0
+    root = _root(group, src, group_src, "src")
+    if root == pg.rank():
+        if not scatter_list:
+            raise ValueError("Argument ``scatter_list`` must be specified on source rank.")
+        inputs = [[_real(t) for t in scatter_list]]
+    elif scatter_list:
+        raise ValueError("Argument ``scatter_list`` must NOT be specified on non-source ranks.")
+    else:
+        inputs = []
+    opts = ScatterOptions()
+    opts.rootRank = root
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "scatter", [tensor])
+    return _finish(pg.scatter([_real(tensor)], inputs, opts), async_op)
+
+
+# -- reduce_scatter family -----------------------------------------------------------------------
+def reduce_scatter(
+    output: torch.Tensor,
+    input_list: list[torch.Tensor],
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Group rank ``r``'s ``output`` gets the reduction of every rank's ``input_list[r]``."""
+    _check_single_tensor(output, "output")
+    _check_tensor_list(input_list, "input_list")
+    _ensure_same_dtype(output, input_list)
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("reduce_scatter")
+        return None
+    opts = ReduceScatterOptions()
+    opts.reduceOp = op
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "reduce_scatter", [output])
+    return _finish(pg.reduce_scatter([output], [input_list], opts), async_op)
+
+
+def reduce_scatter_single(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Reduce ``input`` across the group; group rank ``r`` gets its ``r``-th chunk in ``output``.
+
+    ``input`` is the concatenation ``(size * n, ...)`` or the stack ``(size, n, ...)`` of
+    ``output``-sized chunks, as torch accepts.
+    """
+    _check_single_tensor(output, "output")
+    _check_single_tensor(input, "input")
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("reduce_scatter_single")
+        return None
+    opts = ReduceScatterOptions()
+    opts.reduceOp = op
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "reduce_scatter_single", [output])
+    return _finish(pg._reduce_scatter_base(output, input, opts), async_op)
+
+
+def reduce_scatter_tensor(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """:func:`reduce_scatter_single` under its older name (torch 2.13 deprecates it)."""
+    _deprecated("reduce_scatter_tensor", "reduce_scatter_single")
+    return reduce_scatter_single(output, input, op, group, async_op)
+
+
+def _reduce_scatter_base(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    op: ReduceOpLike = ReduceOp.SUM,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """:func:`reduce_scatter_single` under torch's private name (deprecated: FutureWarning)."""
+    _deprecated("_reduce_scatter_base", "reduce_scatter_single")
+    return reduce_scatter_single(output, input, op, group, async_op)
+
+
+# -- all_to_all ----------------------------------------------------------------------------------
+def all_to_all_single(
+    output: torch.Tensor,
+    input: torch.Tensor,
+    output_split_sizes: list[int] | None = None,
+    input_split_sizes: list[int] | None = None,
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Split ``input`` along dim 0, send part ``r`` to group rank ``r``, concatenate what arrives.
+
+    Without split sizes dim 0 is split evenly; with them, parts may be uneven (torch's rules).
+    """
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_to_all_single")
+        return None
+    _check_single_tensor(output, "output")
+    _check_single_tensor(input, "input")
+    _ensure_same_dtype(output, input)
+    opts = AllToAllOptions()
+    opts.asyncOp = async_op
+    out_splits = [] if output_split_sizes is None else list(output_split_sizes)
+    in_splits = [] if input_split_sizes is None else list(input_split_sizes)
+    debug.check_before_collective(pg, "all_to_all_single", [])
+    work = pg.alltoall_base(_real(output), _real(input), out_splits, in_splits, opts)
+    return _finish(work, async_op)
+
+
+def all_to_all(
+    output_tensor_list: list[torch.Tensor],
+    input_tensor_list: list[torch.Tensor],
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+) -> Work | None:
+    """Send ``input_tensor_list[r]`` to group rank ``r``; ``output_tensor_list[r]`` receives
+    what rank ``r`` sent here."""
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("all_to_all")
+        return None
+    _check_tensor_list(output_tensor_list, "output_tensor_list")
+    _check_tensor_list(input_tensor_list, "input_tensor_list")
+    _ensure_same_dtype(output_tensor_list, input_tensor_list)
+    opts = AllToAllOptions()
+    opts.asyncOp = async_op
+    debug.check_before_collective(pg, "all_to_all", [])
+    work = pg.alltoall(
+        [_real(t) for t in output_tensor_list], [_real(t) for t in input_tensor_list], opts
+    )
+    return _finish(work, async_op)
+
+
+# -- barrier -------------------------------------------------------------------------------------
+def barrier(
+    group: ProcessGroup | None = None,
+    async_op: bool = False,
+    device_ids: list[int] | None = None,
+    timeout: timedelta | None = None,
+) -> Work | None:
+    """Block until every rank of the group has entered the barrier (or until the Work is waited).
+
+    ``timeout`` (a timedelta) overrides the group's; ``device_ids`` is recorded as torch does
+    (there are no devices to pick on CPU).
+    """
+    pg = resolve(group)
+    if pg is None:
+        warn_not_in_group("barrier")
+        return None
+    opts = BarrierOptions()
+    opts.asyncOp = async_op
+    if timeout is not None:
+        opts.timeout = timeout
+    if isinstance(device_ids, list):
+        opts.device_ids = device_ids
+    opts.device = torch.device("cpu")
+    debug.check_before_collective(pg, "barrier", [])
+    return _finish(pg.barrier(opts), async_op)

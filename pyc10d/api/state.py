@@ -128,6 +128,11 @@ def is_non_member(group: Any) -> bool:
     return group is GroupMember.NON_GROUP_MEMBER
 
 
+def _rank_not_in_group(group: Any) -> bool:
+    """True when this rank is not a member of ``group`` (torch's private helper, used by tests)."""
+    return is_non_member(group)
+
+
 def resolve(group: Any) -> ProcessGroup | None:
     """The ProcessGroup for ``group`` (None: the default); None when this rank isn't a member."""
     if group is None:

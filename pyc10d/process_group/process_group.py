@@ -627,9 +627,9 @@ class ProcessGroup:
             try:
                 if len(sources) == 1:
                     self._transport.recv(sources[0], p2p_tag(tag), view, self._p2p_deadline())
-                    work._source_rank = sources[0]
+                    work._source = sources[0]
                 else:
-                    work._source_rank = self._transport.recv_any(
+                    work._source = self._transport.recv_any(
                         sources, p2p_tag(tag), view, self._p2p_deadline()
                     )
             except DistBackendError as exc:

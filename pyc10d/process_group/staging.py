@@ -60,7 +60,7 @@ class StagedWork(Work):
             except BaseException as exc:
                 self._fail(exc)
             else:
-                self._source_rank = inner._source_rank
+                self._source = inner._source
                 self._complete(_restore(value, originals))
 
         inner.get_future().add_done_callback(copy_back)

@@ -25,7 +25,7 @@ class Work:
         self._future: torch.futures.Future = torch.futures.Future()
         self._done = threading.Event()
         self._exception: BaseException | None = None
-        self._source_rank = -1
+        self._source = -1  # the sender, for receives
 
     # -- completion (called by the engine) ------------------------------------------------------
     def _complete(self, value: Any) -> None:
@@ -79,7 +79,11 @@ class Work:
     def source_rank(self) -> int:
         """For ``recv_anysource``: the rank the message came from."""
         self.wait()
-        return self._source_rank
+        return self._source
+
+    def _source_rank(self) -> int:
+        """torch's private spelling of :meth:`source_rank` (used by its any-source tests)."""
+        return self.source_rank()
 
     def synchronize(self) -> None:
         """No-op on CPU (there is no device stream to synchronize with)."""
