@@ -153,3 +153,58 @@ def subgroups(ctx):
 @world_sizes(2, 3)
 def test_subgroups(world_size):
     assert spawn(subgroups, world_size, timeout=90) == [True] * world_size
+
+
+def rank_membership(ctx):
+    dist.init_process_group(
+        "gloo", init_method=ctx.init_method, rank=ctx.rank, world_size=ctx.world_size
+    )
+    group = dist.new_group(ranks=[1])
+    if ctx.rank == 1:
+        assert dist.get_group_rank(group, 1) == 0
+        with pytest.raises(ValueError, match="not part of group"):
+            dist.get_group_rank(group, 0)
+        assert dist.get_global_rank(group, 0) == 1
+        with pytest.raises(ValueError, match="not part of group"):
+            dist.get_global_rank(group, 1)
+        assert dist.get_process_group_ranks(group) == [1]
+    else:
+        assert group is dist.GroupMember.NON_GROUP_MEMBER
+        with pytest.raises(ValueError, match="not registered"):
+            dist.get_group_rank(group, 1)
+    other = dist.ProcessGroup(dist.HashStore(), 0, 1)  # never registered with the API
+    with pytest.raises(ValueError, match="not registered"):
+        dist.get_group_rank(other, 0)
+    other.shutdown()
+    dist.destroy_process_group()
+
+
+def test_rank_membership():
+    spawn(rank_membership, 2, timeout=60)
+
+
+def detail_mode_catches_mismatches(ctx):
+    dist.init_process_group(
+        "gloo", init_method=ctx.init_method, rank=ctx.rank, world_size=ctx.world_size
+    )
+    dist.set_debug_level(dist.DebugLevel.DETAIL)
+    assert dist.get_debug_level() == dist.DebugLevel.DETAIL
+    with pytest.raises(RuntimeError, match="Detected mismatch between collectives on ranks"):
+        dist.all_reduce(torch.ones(4 + ctx.rank))  # shapes differ
+    with pytest.raises(
+        RuntimeError, match=r"Op type: (ALLREDUCE vs BROADCAST|BROADCAST vs ALLREDUCE)"
+    ):
+        if ctx.rank == 0:
+            dist.all_reduce(torch.ones(2))
+        else:
+            dist.broadcast(torch.ones(2), src=0)
+    t = torch.ones(3)
+    dist.all_reduce(t)  # matching calls still work
+    assert t.tolist() == [float(ctx.world_size)] * 3
+    dist.set_debug_level(dist.DebugLevel.OFF)
+    dist.destroy_process_group()
+
+
+@world_sizes(2, 3)
+def test_detail_mode_through_functional_collectives(world_size):
+    spawn(detail_mode_catches_mismatches, world_size, timeout=90)

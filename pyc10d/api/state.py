@@ -140,8 +140,16 @@ def resolve(group: Any) -> ProcessGroup | None:
     if is_non_member(group):
         return None
     if group not in _world.groups:
-        raise ValueError(f"The given group {group!r} is not known (was it destroyed?)")
+        raise ValueError(_not_registered(group))
     return group
+
+
+def _not_registered(group: Any) -> str:
+    """torch's message for a group the API does not know (never created, or destroyed)."""
+    return (
+        f"Group {group!r} is not registered, please create group with "
+        "torch.distributed.new_group API"
+    )
 
 
 def info(group: Any) -> GroupInfo:
@@ -150,7 +158,7 @@ def info(group: Any) -> GroupInfo:
     try:
         return _world.groups[pg]
     except (KeyError, TypeError):
-        raise ValueError(f"The given group {group!r} is not known (was it destroyed?)") from None
+        raise ValueError(_not_registered(group)) from None
 
 
 def warn_not_in_group(op_name: str) -> None:
