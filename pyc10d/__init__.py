@@ -5,7 +5,7 @@ Use it where you would use ``torch.distributed``::
     import pyc10d as dist
 """
 
-from . import futures
+from . import data, futures
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
 from .errors import DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError
@@ -53,6 +53,7 @@ __all__ = [
     "Store",
     "TCPStore",
     "Work",
+    "data",
     "futures",
     "register_rendezvous_handler",
     "rendezvous",

@@ -1,7 +1,8 @@
 """Rendezvous: turn an ``init_method`` URL into ``(store, rank, world_size)`` (torch's rendezvous).
 
 Schemes: ``tcp://host:port?rank=R&world_size=W`` (rank 0 hosts a TCPStore),
-``env://`` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) and ``file:///path?rank=R&world_size=W``.
+``env://`` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; or SLURM's and MPI launchers' variables)
+and ``file:///path?rank=R&world_size=W``.
 Handlers are generators yielding ``(store, rank, world_size)``; more schemes can be registered.
 """
 
@@ -13,6 +14,13 @@ from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from ._timeouts import TimeoutLike
+from .launcher.env import (
+    LaunchEnvError,
+    detect_master_addr,
+    detect_master_port,
+    detect_rank,
+    detect_world_size,
+)
 from .store import FileStore, Store, TCPStore
 
 DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=30)  # torch's default_pg_timeout
@@ -111,30 +119,25 @@ def _tcp_handler(
     raise RuntimeError("Unable to perform re-rendezvous using tcp:// method")
 
 
-def _env_value(name: str) -> str:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        raise _error("env", f"environment variable {name} expected, but not set")
-    return value
-
-
-def _env_int(name: str) -> int:
-    value = _env_value(name)
-    try:
-        return int(value)
-    except ValueError:
-        raise _error("env", f"environment variable {name} is not an integer: {value!r}") from None
-
-
 def _env_handler(
     url: str, timeout: TimeoutLike = DEFAULT_RENDEZVOUS_TIMEOUT, **kwargs
 ) -> Iterator[RendezvousResult]:
+    """``env://``: rank and world size from the URL, else torchrun/SLURM/MPI variables.
+
+    The master address and port come from MASTER_ADDR/MASTER_PORT, or under SLURM from the node
+    list and job id (see :mod:`pyc10d.launcher.env`).
+    """
     query = dict(parse_qsl(urlparse(url).query))
-    rank = int(query["rank"]) if "rank" in query else _env_int("RANK")
-    world_size = int(query["world_size"]) if "world_size" in query else _env_int("WORLD_SIZE")
+    try:
+        rank = int(query["rank"]) if "rank" in query else detect_rank(os.environ)[0]
+        world_size = (
+            int(query["world_size"]) if "world_size" in query else detect_world_size(os.environ)[0]
+        )
+        host = detect_master_addr(os.environ)[0]
+        port = detect_master_port(os.environ)[0]
+    except LaunchEnvError as exc:
+        raise _error("env", str(exc)) from None
     rank, world_size = _rank_and_size("env", {"rank": str(rank), "world_size": str(world_size)})
-    host = _env_value("MASTER_ADDR")
-    port = _env_int("MASTER_PORT")
     store = _tcp_store(host, port, rank, world_size, timeout)
     yield store, rank, world_size
     raise RuntimeError("Unable to perform re-rendezvous using env:// method")

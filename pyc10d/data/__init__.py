@@ -1,0 +1,5 @@
+"""Data-loading helpers for distributed training (``torch.utils.data.distributed``)."""
+
+from .sampler import DistributedSampler
+
+__all__ = ["DistributedSampler"]

@@ -1,0 +1,32 @@
+"""The launcher behind ``pyc10d-run`` (torchrun's counterpart) and launcher-variable parsing.
+
+Modules: :mod:`.cli` (flags, ``main``), :mod:`.config` (what to launch, each worker's
+environment), :mod:`.supervisor` (start, watch, restart and stop the worker group),
+:mod:`.worker` (one worker process), :mod:`.output` (streaming worker output, stderr tails),
+:mod:`.report` (failure reports) and :mod:`.env` (rank, world size and master from torchrun,
+SLURM and MPI variables, used by ``env://`` rendezvous).
+"""
+
+from .env import (
+    LaunchEnvError,
+    detect_local_rank,
+    detect_master_addr,
+    detect_master_port,
+    detect_rank,
+    detect_rank_and_world_size,
+    detect_world_size,
+    expand_nodelist,
+    first_host,
+)
+
+__all__ = [
+    "LaunchEnvError",
+    "detect_local_rank",
+    "detect_master_addr",
+    "detect_master_port",
+    "detect_rank",
+    "detect_rank_and_world_size",
+    "detect_world_size",
+    "expand_nodelist",
+    "first_host",
+]
