@@ -5,10 +5,11 @@ Use it where you would use ``torch.distributed``::
     import pyc10d as dist
 """
 
-from . import data, futures
+from . import data, futures, nn
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
 from .errors import DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError
+from .nn.parallel import DistributedDataParallel
 from .process_group import (
     AllgatherOptions,
     AllreduceCoalescedOptions,
@@ -53,8 +54,10 @@ __all__ = [
     "Store",
     "TCPStore",
     "Work",
+    "DistributedDataParallel",
     "data",
     "futures",
+    "nn",
     "register_rendezvous_handler",
     "rendezvous",
     *_api_all,
