@@ -125,6 +125,39 @@ def _root(group: Any, rank: int | None, group_rank: int | None, what: str) -> in
     return group_rank_of(group, rank, group_rank, what)
 
 
+def _rooted_list(
+    tensor: torch.Tensor,
+    tensors: list[torch.Tensor] | None,
+    name: str,
+    group: Any,
+    rank: int | None,
+    group_rank: int | None,
+    what: str,
+) -> tuple[ProcessGroup, int, list[torch.Tensor]] | None:
+    """Checks of gather/scatter: ``(group, root, tensors)``, or None for a non-member.
+
+    As in torch the root defaults to global rank 0, and the list (``gather_list`` or
+    ``scatter_list``) must be given on the root and only there.
+    """
+    _check_single_tensor(tensor, "tensor")
+    if tensors:
+        _check_tensor_list(tensors, name)
+    tensors = list(tensors or [])
+    _ensure_same_dtype(tensor, tensors)
+    pg = resolve(group)
+    if pg is None:
+        return None
+    if rank is None and group_rank is None:
+        rank = 0
+    root = _root(group, rank, group_rank, what)
+    role = "destination" if what == "dst" else "source"
+    if root == pg.rank() and not tensors:
+        raise ValueError(f"Argument ``{name}`` must be specified on {role} rank.")
+    if root != pg.rank() and tensors:
+        raise ValueError(f"Argument ``{name}`` must NOT be specified on non-{role} ranks.")
+    return pg, root, tensors
+
+
 def _finish(work: Work, async_op: bool) -> Work | None:
     """The Work when ``async_op``; otherwise wait for it (re-raising its error) and return None."""
     if async_op:
@@ -385,24 +418,11 @@ def gather(
     As in torch: the destination defaults to global rank 0; ``gather_list`` (one tensor per
     group rank) must be given there and only there (ValueError otherwise).
     """
-    _check_single_tensor(tensor, "tensor")
-    if gather_list:
-        _check_tensor_list(gather_list, "gather_list")
-    else:
-        gather_list = []
-    _ensure_same_dtype(tensor, gather_list)
-    pg = resolve(group)
-    if pg is None:
+    rooted = _rooted_list(tensor, gather_list, "gather_list", group, dst, group_dst, "dst")
+    if rooted is None:
         warn_not_in_group("gather")
         return None
-    if dst is None and group_dst is None:
-        dst = 0
-    root = _root(group, dst, group_dst, "dst")
-    if root == pg.rank():
-        if not gather_list:
-            raise ValueError("Argument ``gather_list`` must be specified on destination rank.")
-    elif gather_list:
-        raise ValueError("Argument ``gather_list`` must NOT be specified on non-destination ranks.")
+    pg, root, gather_list = rooted
     opts = GatherOptions()
     opts.rootRank = root
     opts.asyncOp = async_op
@@ -424,27 +444,12 @@ def scatter(
     As in torch: the source defaults to global rank 0; ``scatter_list`` must be given there and
     only there (ValueError otherwise); complex tensors travel as real views.
     """
-    _check_single_tensor(tensor, "tensor")
-    if scatter_list:
-        _check_tensor_list(scatter_list, "scatter_list")
-    else:
-        scatter_list = []
-    _ensure_same_dtype(tensor, scatter_list)
-    pg = resolve(group)
-    if pg is None:
+    rooted = _rooted_list(tensor, scatter_list, "scatter_list", group, src, group_src, "src")
+    if rooted is None:
         warn_not_in_group("scatter")
         return None
-    if src is None and group_src is None:
-        src = 0
-    root = _root(group, src, group_src, "src")
-    if root == pg.rank():
-        if not scatter_list:
-            raise ValueError("Argument ``scatter_list`` must be specified on source rank.")
-        inputs = [[_real(t) for t in scatter_list]]
-    elif scatter_list:
-        raise ValueError("Argument ``scatter_list`` must NOT be specified on non-source ranks.")
-    else:
-        inputs = []
+    pg, root, scatter_list = rooted
+    inputs = [[_real(t) for t in scatter_list]] if root == pg.rank() else []
     opts = ScatterOptions()
     opts.rootRank = root
     opts.asyncOp = async_op
