@@ -31,7 +31,7 @@ from ..algorithms.reduction import finish_average, reduce_into
 from ..algorithms.sparse import sparse_allreduce
 from ..errors import DistBackendError
 from ..store import PrefixStore, Store
-from ..transport import TCPTransport
+from ..transport import TCPTransport, make_transport
 from ..transport.base import TransportTimeout, p2p_tag
 from . import validation as check
 from .engine import Engine
@@ -94,7 +94,7 @@ class ProcessGroup:
         self._size = world_size
         generation = store.add(f"pyc10d/process_groups/{rank}", 1)
         self._store = PrefixStore(f"pyc10d/pg{generation}", store)
-        self._transport = TCPTransport(
+        self._transport = make_transport(
             self._store,
             rank,
             world_size,

@@ -11,17 +11,22 @@ from .base import (
     p2p_tag,
     tag_seq,
 )
+from .factory import make_transport, transport_mode
+from .hybrid import HybridTransport
 from .tcp import TCPTransport
 
 __all__ = [
     "P2P_TAG_BIT",
     "STEP_BITS",
     "Buffer",
+    "HybridTransport",
     "PeerFailedError",
     "TCPTransport",
     "Transport",
     "TransportTimeout",
+    "make_transport",
     "op_tag",
     "p2p_tag",
     "tag_seq",
+    "transport_mode",
 ]

@@ -1,0 +1,208 @@
+"""``HybridTransport``: shared-memory rings to same-host peers, TCP to the others.
+
+The TCP full mesh is always built: it carries messages to peers on other hosts and detects the
+loss of any peer (EOF fails the transport, same-host peers included). Messages to a same-host peer
+all go through its ring, so the order of each ``(src, tag)`` stream is kept. Both paths feed one
+mailbox (the TCP transport's), so receives match messages from either.
+
+``close`` first waits (briefly) for peers to read what was written to them, so that a message
+sent just before closing is not overtaken by the TCP goodbye.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+
+from .._timeouts import Deadline
+from ..errors import DistBackendError
+from ..store import Store
+from .base import Buffer, Transport
+from .mailbox import Mailbox, as_byte_view, fresh_error
+from .shm_receiver import InRing, ShmReceiver
+from .shm_send import RingWriter
+from .shm_setup import ShmSetup, same_host_peers
+from .tcp import TCPTransport, _writable
+
+DRAIN_S = 1.0  # how long close() waits for peers to read what was sent to them
+
+
+class _Resources:
+    """What ``close()`` releases (apart from the transport object, so that GC can finalize it)."""
+
+    def __init__(self, tcp: TCPTransport, mailbox: Mailbox) -> None:
+        self.tcp = tcp
+        self.mb = mailbox
+        self.setup = ShmSetup()
+        self.writers: dict[int, RingWriter] = {}
+        self.receiver: ShmReceiver | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Drain outgoing rings, close TCP, stop the ring thread, unmap everything; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        drain = Deadline(DRAIN_S)
+        while self.mb.error is None and not drain.expired():
+            if all(w.drained() for w in self.writers.values()):
+                break
+            time.sleep(0.0005)
+        self.tcp.close()
+        if self.receiver is not None:
+            self.receiver.stop(self._release)
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        for w in self.writers.values():
+            w.close()
+        self.setup.close()
+
+
+class HybridTransport(Transport):
+    """Tagged messages over shared memory (same-host peers) and TCP (the rest).
+
+    Arguments are those of :class:`~pyc10d.transport.tcp.TCPTransport`. ``shm_peers`` selects
+    the peers that use shared memory: ``"auto"`` (every same-host peer), ``"all"`` (every peer,
+    and an error if one is on another host) or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        world_size: int,
+        timeout: float,
+        bind_host: str | None = None,
+        advertise_host: str | None = None,
+        shm_peers: str = "auto",
+    ) -> None:
+        if shm_peers not in ("auto", "all", "none"):
+            raise ValueError(f"shm_peers must be 'auto', 'all' or 'none', got {shm_peers!r}")
+        deadline = Deadline(timeout)
+        tcp = TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
+        self.rank = rank
+        self.world_size = world_size
+        self._tcp = tcp
+        self._mb = tcp._mb
+        res = self._res = _Resources(tcp, self._mb)
+        self._finalizer = weakref.finalize(self, res.close)
+        self._writers: list[RingWriter | None] = [None] * world_size
+        try:
+            peers: list[int] = []
+            if shm_peers != "none" and world_size > 1:
+                peers = same_host_peers(store, rank, world_size, deadline)
+                if shm_peers == "all" and len(peers) != world_size - 1:
+                    away = sorted(set(range(world_size)) - set(peers) - {rank})
+                    raise DistBackendError(
+                        f"PYC10D_TRANSPORT=shm needs every rank on one host, but ranks {away} "
+                        f"are not on rank {rank}'s host"
+                    )
+            self.shm_peers = tuple(peers)
+            if peers:
+                res.setup.build(store, rank, peers, deadline)
+                for dst, (ring, bell) in res.setup.outgoing.items():
+                    w = RingWriter(dst, ring, bell, self._sendable(dst), self._broken)
+                    self._writers[dst] = w
+                    res.writers[dst] = w
+                rings = [InRing(src, ring) for src, ring in sorted(res.setup.incoming.items())]
+                assert res.setup.doorbell is not None
+                res.receiver = ShmReceiver(
+                    f"pyc10d-shm-recv-r{rank}", rings, self._mb, res.setup.doorbell
+                )
+                res.receiver.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _sendable(self, dst: int):
+        mb = self._mb
+
+        def check() -> None:
+            if mb.error is not None:
+                raise fresh_error(mb.error)
+            if mb.closed and dst in mb.closed:
+                raise fresh_error(mb.closed[dst])
+
+        return check
+
+    def _broken(self, err: DistBackendError) -> None:
+        with self._mb.lock:
+            self._mb.fail(err)
+        self._wake()
+
+    def _check_rank(self, peer: int, what: str) -> None:
+        if not 0 <= peer < self.world_size:
+            raise ValueError(f"{what} rank {peer} is out of range for world size {self.world_size}")
+
+    def send(self, dst: int, tag: int, data: Buffer, deadline: Deadline) -> None:
+        """Send ``data`` to ``dst`` under ``tag``; returns once ``data`` may be reused."""
+        w = self._writers[dst] if 0 <= dst < self.world_size else None
+        if w is None:
+            self._tcp.send(dst, tag, data, deadline)
+            return
+        mb = self._mb
+        if mb.error is not None:
+            raise fresh_error(mb.error)
+        if mb.closed and dst in mb.closed:
+            raise fresh_error(mb.closed[dst])
+        w.send(tag, as_byte_view(data), deadline)
+
+    def recv(self, src: int, tag: int, out: memoryview, deadline: Deadline) -> None:
+        """Receive the next ``(src, tag)`` message into ``out``; its size must be ``len(out)``."""
+        self._check_rank(src, "recv from")
+        self._mb.receive((src,), tag, _writable(out), deadline, self._wake)
+
+    def recv_any(self, srcs: Sequence[int], tag: int, out: memoryview, deadline: Deadline) -> int:
+        """Receive the first ``tag`` message from any of ``srcs`` into ``out``; return its rank."""
+        srcs = tuple(srcs)
+        if not srcs:
+            raise ValueError("recv_any needs at least one source rank")
+        for src in srcs:
+            self._check_rank(src, "recv from")
+        return self._mb.receive(srcs, tag, _writable(out), deadline, self._wake)[0]
+
+    def recv_bytes(self, src: int, tag: int, deadline: Deadline) -> bytes:
+        """Receive the next ``(src, tag)`` message, whatever its size."""
+        self._check_rank(src, "recv from")
+        data = self._mb.receive((src,), tag, None, deadline, self._wake)[1]
+        return data if type(data) is bytes else bytes(data or b"")
+
+    def discard(self, seq: int) -> None:
+        """Drop buffered and future messages of collective ``seq`` (abandoned after a timeout)."""
+        self._mb.discard(seq)
+
+    def close(self) -> None:
+        """Close both paths and stop their threads; idempotent."""
+        self._finalizer()
+
+    @property
+    def error(self) -> DistBackendError | None:
+        """The error that failed (or the close that ended) this transport; None while healthy."""
+        return self._mb.error
+
+    def _wake(self) -> None:
+        self._tcp._wake()
+        receiver = self._res.receiver
+        if receiver is not None:
+            receiver.wake()
+
+    def __enter__(self) -> HybridTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"HybridTransport(rank={self.rank}, world_size={self.world_size}, "
+            f"shm_peers={list(getattr(self, 'shm_peers', ()))})"
+        )
+
+
+__all__ = ["HybridTransport"]

@@ -1,0 +1,105 @@
+"""Setting up the shared-memory rings of a group through the store.
+
+1. Every rank publishes its host identity (hostname and kernel boot id) under
+   ``shm/host/{rank}``; ranks with equal identities share a host.
+2. Every rank creates one ring segment per same-host peer (the peer produces, it consumes), binds
+   a doorbell socket in the abstract UNIX namespace, and publishes both names under
+   ``shm/seg/{rank}``. Names carry ``pyc10d``, a random nonce and the pair.
+3. Every rank attaches its outgoing rings and says so under ``shm/att/{consumer}/{producer}``.
+4. Once all its producers have attached, a consumer unlinks its segments: from then on nothing is
+   left in ``/dev/shm``, whatever happens to the processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import socket
+
+from .._timeouts import Deadline, format_ms
+from ..errors import DistBackendError, DistStoreError
+from ..store import Store
+from .shm_ring import Ring
+
+HOST_KEY = "shm/host/{}"
+SEG_KEY = "shm/seg/{}"
+ATTACHED_KEY = "shm/att/{}/{}"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def host_identity() -> str:
+    """This machine's identity: hostname and boot id (equal on one host, one boot)."""
+    try:
+        with open(BOOT_ID) as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _wait(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
+    remaining = deadline.remaining()
+    try:
+        store.wait(keys, 0 if math.isinf(remaining) else max(remaining, 0.001))
+    except DistStoreError as exc:
+        absent = [k for k in keys if not store.check([k])]
+        raise DistBackendError(
+            f"shared-memory setup on rank {rank} timed out after {format_ms(deadline.seconds)} "
+            f"waiting for {what} ({absent})"
+        ) from exc
+
+
+def same_host_peers(store: Store, rank: int, world_size: int, deadline: Deadline) -> list[int]:
+    """The other ranks on this rank's host (every rank must call this)."""
+    me = host_identity()
+    store.set(HOST_KEY.format(rank), me)
+    keys = [HOST_KEY.format(p) for p in range(world_size)]
+    _wait(store, keys, deadline, rank, "host identities")
+    ids = [v.decode() for v in store.multi_get(keys)]
+    return [p for p in range(world_size) if p != rank and ids[p] == me]
+
+
+class ShmSetup:
+    """The rings and the doorbell of one rank; ``close`` releases whatever was made."""
+
+    def __init__(self) -> None:
+        self.doorbell: socket.socket | None = None
+        self.incoming: dict[int, Ring] = {}
+        self.outgoing: dict[int, tuple[Ring, bytes]] = {}
+
+    def build(self, store: Store, rank: int, peers: list[int], deadline: Deadline) -> None:
+        """Create, exchange, attach and unlink the rings to and from ``peers``."""
+        nonce = secrets.token_hex(6)
+        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.doorbell = bell
+        bell.bind(f"\0pyc10d-{nonce}-r{rank}".encode())
+        names = {}
+        for src in peers:
+            name = f"pyc10d-{nonce}-{src}to{rank}"
+            self.incoming[src] = Ring.create(name)
+            names[src] = name
+        info = {"bell": bell.getsockname().hex(), "segs": {str(k): v for k, v in names.items()}}
+        store.set(SEG_KEY.format(rank), json.dumps(info))
+        _wait(store, [SEG_KEY.format(p) for p in peers], deadline, rank, "peers' segments")
+        for dst in peers:
+            theirs = json.loads(store.get(SEG_KEY.format(dst)))
+            ring = Ring.attach(theirs["segs"][str(rank)])
+            self.outgoing[dst] = (ring, bytes.fromhex(theirs["bell"]))
+            store.set(ATTACHED_KEY.format(dst, rank), "1")
+        keys = [ATTACHED_KEY.format(rank, p) for p in peers]
+        _wait(store, keys, deadline, rank, "peers to attach")
+        for ring in self.incoming.values():
+            ring.unlink()
+
+    def close(self) -> None:
+        """Unlink and unmap every ring and close the doorbell; idempotent."""
+        for ring in self.incoming.values():
+            ring.close()
+        for ring, _ in self.outgoing.values():
+            ring.close()
+        self.incoming.clear()
+        self.outgoing.clear()
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
