@@ -47,9 +47,8 @@ def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) 
     scratch = torch.empty(max(c.numel() for c in chunks), dtype=chunks[0].dtype)
     for step in range(size - 1):
         send_index, recv_index = (rank - step) % size, (rank - step - 1) % size
-        ctx.send(right, step, chunks[send_index])
         incoming = scratch[: chunks[recv_index].numel()]
-        ctx.recv(left, step, incoming)
+        ctx.send_recv(right, chunks[send_index], left, incoming, step)
         reduce_into(op, chunks[recv_index], incoming)
     return (rank + 1) % size
 
@@ -60,8 +59,7 @@ def ring_allgather(ctx: OpContext, chunks: list[torch.Tensor], first_step: int) 
     right, left = (rank + 1) % size, (rank - 1) % size
     for step in range(size - 1):
         send_index, recv_index = (rank + 1 - step) % size, (rank - step) % size
-        ctx.send(right, first_step + step, chunks[send_index])
-        ctx.recv(left, first_step + step, chunks[recv_index])
+        ctx.send_recv(right, chunks[send_index], left, chunks[recv_index], first_step + step)
 
 
 def allreduce_ring(ctx: OpContext, flat: torch.Tensor, op: object) -> None:

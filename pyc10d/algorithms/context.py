@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -9,6 +11,20 @@ import torch
 from .._tensor_bytes import byte_view
 from .._timeouts import Deadline
 from ..transport.base import Transport, op_tag
+
+PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _receive_pool() -> ThreadPoolExecutor:
+    """Threads that post large receives while the caller sends (created on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyc10d-prepost")
+        return _pool
 
 
 @dataclass
@@ -37,6 +53,24 @@ class OpContext:
         self.transport.recv(
             peer, op_tag(self.seq, self.step_base + step), byte_view(tensor), self.deadline
         )
+
+    def send_recv(
+        self, dst: int, send: torch.Tensor, src: int, recv: torch.Tensor, step: int
+    ) -> None:
+        """Send ``send`` to ``dst`` and receive ``recv`` from ``src`` as message ``step``.
+
+        A large receive is posted first, from another thread, so the payload lands straight in
+        ``recv`` instead of being buffered as unexpected and copied.
+        """
+        if recv.numel() * recv.element_size() < PREPOST_MIN_BYTES:
+            self.send(dst, step, send)
+            self.recv(src, step, recv)
+            return
+        receiving = _receive_pool().submit(self.recv, src, step, recv)
+        try:
+            self.send(dst, step, send)
+        finally:
+            receiving.result()
 
     def send_bytes(self, peer: int, step: int, data: bytes) -> None:
         """Send raw bytes (headers of variable-size exchanges)."""
