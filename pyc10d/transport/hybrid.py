@@ -14,17 +14,17 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 
 from .._timeouts import Deadline
 from ..errors import DistBackendError
 from ..store import Store
-from .base import Buffer, Transport
+from .base import Buffer
 from .mailbox import Mailbox, as_byte_view, fresh_error
+from .mailbox_transport import MailboxTransport
 from .shm_receiver import InRing, ShmReceiver
 from .shm_send import RingWriter
 from .shm_setup import ShmSetup, same_host_peers
-from .tcp import TCPTransport, _writable
+from .tcp import TCPTransport
 
 DRAIN_S = 1.0  # how long close() waits for peers to read what was sent to them
 
@@ -64,7 +64,7 @@ class _Resources:
         self.setup.close()
 
 
-class HybridTransport(Transport):
+class HybridTransport(MailboxTransport):
     """Tagged messages over shared memory (same-host peers) and TCP (the rest).
 
     Arguments are those of :class:`~pyc10d.transport.tcp.TCPTransport`. ``shm_peers`` selects
@@ -136,10 +136,6 @@ class HybridTransport(Transport):
             self._mb.fail(err)
         self._wake()
 
-    def _check_rank(self, peer: int, what: str) -> None:
-        if not 0 <= peer < self.world_size:
-            raise ValueError(f"{what} rank {peer} is out of range for world size {self.world_size}")
-
     def send(self, dst: int, tag: int, data: Buffer, deadline: Deadline) -> None:
         """Send ``data`` to ``dst`` under ``tag``; returns once ``data`` may be reused."""
         w = self._writers[dst] if 0 <= dst < self.world_size else None
@@ -153,50 +149,11 @@ class HybridTransport(Transport):
             raise fresh_error(mb.closed[dst])
         w.send(tag, as_byte_view(data), deadline)
 
-    def recv(self, src: int, tag: int, out: memoryview, deadline: Deadline) -> None:
-        """Receive the next ``(src, tag)`` message into ``out``; its size must be ``len(out)``."""
-        self._check_rank(src, "recv from")
-        self._mb.receive((src,), tag, _writable(out), deadline, self._wake)
-
-    def recv_any(self, srcs: Sequence[int], tag: int, out: memoryview, deadline: Deadline) -> int:
-        """Receive the first ``tag`` message from any of ``srcs`` into ``out``; return its rank."""
-        srcs = tuple(srcs)
-        if not srcs:
-            raise ValueError("recv_any needs at least one source rank")
-        for src in srcs:
-            self._check_rank(src, "recv from")
-        return self._mb.receive(srcs, tag, _writable(out), deadline, self._wake)[0]
-
-    def recv_bytes(self, src: int, tag: int, deadline: Deadline) -> bytes:
-        """Receive the next ``(src, tag)`` message, whatever its size."""
-        self._check_rank(src, "recv from")
-        data = self._mb.receive((src,), tag, None, deadline, self._wake)[1]
-        return data if type(data) is bytes else bytes(data or b"")
-
-    def discard(self, seq: int) -> None:
-        """Drop buffered and future messages of collective ``seq`` (abandoned after a timeout)."""
-        self._mb.discard(seq)
-
-    def close(self) -> None:
-        """Close both paths and stop their threads; idempotent."""
-        self._finalizer()
-
-    @property
-    def error(self) -> DistBackendError | None:
-        """The error that failed (or the close that ended) this transport; None while healthy."""
-        return self._mb.error
-
     def _wake(self) -> None:
         self._tcp._wake()
         receiver = self._res.receiver
         if receiver is not None:
             receiver.wake()
-
-    def __enter__(self) -> HybridTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

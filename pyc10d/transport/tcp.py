@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._timeouts import Deadline
 from ..errors import DistBackendError
 from ..store import Store
-from .base import Buffer, Transport
+from .base import Buffer
 from .mailbox import Mailbox, as_byte_view, fresh_error
+from .mailbox_transport import MailboxTransport
 from .tcp_conn import PeerConn
 from .tcp_receiver import Receiver
 from .tcp_setup import build_mesh
@@ -99,7 +99,7 @@ def deadline_left(deadline: Deadline) -> float:
     return max(deadline.remaining(), 0.001)
 
 
-class TCPTransport(Transport):
+class TCPTransport(MailboxTransport):
     """Tagged messages between ``world_size`` ranks over a full mesh of TCP connections.
 
     Setup goes through ``store`` (already namespaced for this group) and must finish within
@@ -145,10 +145,6 @@ class TCPTransport(Transport):
             self.close()
             raise
 
-    def _check_rank(self, peer: int, what: str) -> None:
-        if not 0 <= peer < self.world_size:
-            raise ValueError(f"{what} rank {peer} is out of range for world size {self.world_size}")
-
     def send(self, dst: int, tag: int, data: Buffer, deadline: Deadline) -> None:
         """Send ``data`` to ``dst`` under ``tag``; returns once ``data`` may be reused."""
         mb = self._mb
@@ -167,60 +163,13 @@ class TCPTransport(Transport):
             raise fresh_error(mb.closed[dst])
         conn.send(tag, view, deadline)
 
-    def recv(self, src: int, tag: int, out: memoryview, deadline: Deadline) -> None:
-        """Receive the next ``(src, tag)`` message into ``out``; its size must be ``len(out)``."""
-        self._check_rank(src, "recv from")
-        self._mb.receive((src,), tag, _writable(out), deadline, self._wake)
-
-    def recv_any(self, srcs: Sequence[int], tag: int, out: memoryview, deadline: Deadline) -> int:
-        """Receive the first ``tag`` message from any of ``srcs`` into ``out``; return its rank."""
-        srcs = tuple(srcs)
-        if not srcs:
-            raise ValueError("recv_any needs at least one source rank")
-        for src in srcs:
-            self._check_rank(src, "recv from")
-        return self._mb.receive(srcs, tag, _writable(out), deadline, self._wake)[0]
-
-    def recv_bytes(self, src: int, tag: int, deadline: Deadline) -> bytes:
-        """Receive the next ``(src, tag)`` message, whatever its size."""
-        self._check_rank(src, "recv from")
-        data = self._mb.receive((src,), tag, None, deadline, self._wake)[1]
-        return data if type(data) is bytes else bytes(data or b"")
-
-    def discard(self, seq: int) -> None:
-        """Drop buffered and future messages of collective ``seq`` (abandoned after a timeout)."""
-        self._mb.discard(seq)
-
-    def close(self) -> None:
-        """Close every connection and stop the receiver thread; idempotent."""
-        self._finalizer()
-
-    @property
-    def error(self) -> DistBackendError | None:
-        """The error that failed (or the close that ended) this transport; None while healthy."""
-        return self._mb.error
-
     def _wake(self) -> None:
         receiver = self._res.receiver
         if receiver is not None:
             receiver.wake()
 
-    def __enter__(self) -> TCPTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"TCPTransport(rank={self.rank}, world_size={self.world_size})"
-
-
-def _writable(out: Buffer) -> memoryview:
-    """``out`` as a flat writable byte view; ValueError if it is read-only."""
-    view = as_byte_view(out)
-    if view.readonly:
-        raise ValueError("the receive buffer is read-only")
-    return view
 
 
 __all__ = ["TCPTransport"]

@@ -1,0 +1,77 @@
+"""``MailboxTransport``: the receive side every transport shares once bytes reach a Mailbox.
+
+Subclasses move bytes (``send``) and feed their :class:`~.mailbox.Mailbox` from a receiver
+thread; this base turns the Mailbox into the Transport's receive calls, ``discard``, ``error``
+and closing (through the subclass's ``_finalizer``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+from .._timeouts import Deadline
+from ..errors import DistBackendError
+from .base import Buffer, Transport
+from .mailbox import Mailbox, as_byte_view
+
+
+def writable_view(out: Buffer) -> memoryview:
+    """``out`` as a flat writable byte view; ValueError if it is read-only."""
+    view = as_byte_view(out)
+    if view.readonly:
+        raise ValueError("the receive buffer is read-only")
+    return view
+
+
+class MailboxTransport(Transport):
+    """A Transport whose receives are served by ``self._mb`` (subclasses set it up)."""
+
+    _mb: Mailbox
+    _finalizer: weakref.finalize
+
+    def _wake(self) -> None:
+        """Nudge the receiver thread(s) after a receive was posted or withdrawn."""
+
+    def _check_rank(self, peer: int, what: str) -> None:
+        if not 0 <= peer < self.world_size:
+            raise ValueError(f"{what} rank {peer} is out of range for world size {self.world_size}")
+
+    def recv(self, src: int, tag: int, out: memoryview, deadline: Deadline) -> None:
+        """Receive the next ``(src, tag)`` message into ``out``; its size must be ``len(out)``."""
+        self._check_rank(src, "recv from")
+        self._mb.receive((src,), tag, writable_view(out), deadline, self._wake)
+
+    def recv_any(self, srcs: Sequence[int], tag: int, out: memoryview, deadline: Deadline) -> int:
+        """Receive the first ``tag`` message from any of ``srcs`` into ``out``; return its rank."""
+        srcs = tuple(srcs)
+        if not srcs:
+            raise ValueError("recv_any needs at least one source rank")
+        for src in srcs:
+            self._check_rank(src, "recv from")
+        return self._mb.receive(srcs, tag, writable_view(out), deadline, self._wake)[0]
+
+    def recv_bytes(self, src: int, tag: int, deadline: Deadline) -> bytes:
+        """Receive the next ``(src, tag)`` message, whatever its size."""
+        self._check_rank(src, "recv from")
+        data = self._mb.receive((src,), tag, None, deadline, self._wake)[1]
+        return data if type(data) is bytes else bytes(data or b"")
+
+    def discard(self, seq: int) -> None:
+        """Drop buffered and future messages of collective ``seq`` (abandoned after a timeout)."""
+        self._mb.discard(seq)
+
+    def close(self) -> None:
+        """Close the connections and stop the threads; idempotent."""
+        self._finalizer()
+
+    @property
+    def error(self) -> DistBackendError | None:
+        """The error that failed (or the close that ended) this transport; None while healthy."""
+        return self._mb.error
+
+    def __enter__(self) -> MailboxTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
