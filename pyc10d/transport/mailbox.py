@@ -148,6 +148,27 @@ class Mailbox:
         r.state = FILLING
         return view
 
+    def accept(
+        self, src: int, tag: int, size: int
+    ) -> tuple[memoryview | None, PendingRecv | None, bytearray | None, PendingRecv | None]:
+        """Decide where an incoming ``size``-byte payload goes, for a streaming receiver.
+
+        Returns ``(view, dest, pending, failed)``: ``view`` is the memory to fill (None: drop
+        the payload), ``dest`` the posted receive it fills, ``pending`` the new buffer of an
+        unexpected message, and ``failed`` a receive settled by a size mismatch (wake it).
+        """
+        with self.lock:
+            r = self.match(src, tag)
+            if r is not None:
+                view = self.claim(r, src, tag, size)
+                if view is None:
+                    return None, None, None, r
+                return view, r, None, None
+            if self.is_discarded(tag):
+                return None, None, None, None
+        pending = bytearray(size)
+        return memoryview(pending), None, pending, None
+
     def is_discarded(self, tag: int) -> bool:
         """True if ``tag`` is a collective tag whose sequence number was discarded."""
         return not tag & P2P_TAG_BIT and (tag >> STEP_BITS) in self._discarded

@@ -223,22 +223,13 @@ class ShmReceiver:
         if size == 0:
             self._offer(c.src, tag, memoryview(b""))
             return
-        mb = self._mb
-        view = None
-        with mb.lock:
-            r = mb.match(c.src, tag)
-            if r is not None:
-                view = mb.claim(r, c.src, tag, size)
-                if view is None:
-                    self._ready.append(r)
-                else:
-                    c.dest = r
-                keep = False
-            else:
-                keep = not mb.is_discarded(tag)
-        if keep:
-            c.pending = bytearray(size)
-            view = memoryview(c.pending)
+        view, dest, pending, failed = self._mb.accept(c.src, tag, size)
+        if failed is not None:
+            self._ready.append(failed)
+        if dest is not None:
+            c.dest = dest
+        if pending is not None:
+            c.pending = pending
         if view is None:
             c.drop = size
             return

@@ -247,22 +247,13 @@ class Receiver:
 
     def _start(self, c: PeerConn, tag: int, size: int, head: memoryview) -> None:
         """Begin a ``size``-byte payload whose first bytes are ``head``."""
-        mb = self._mb
-        view = None
-        with mb.lock:
-            r = mb.match(c.rank, tag)
-            if r is not None:
-                view = mb.claim(r, c.rank, tag, size)
-                if view is None:
-                    self._ready.append(r)
-                else:
-                    c.dest = r
-                keep = False
-            else:
-                keep = not mb.is_discarded(tag)
-        if keep:
-            c.pending = bytearray(size)
-            view = memoryview(c.pending)
+        view, dest, pending, failed = self._mb.accept(c.rank, tag, size)
+        if failed is not None:
+            self._ready.append(failed)
+        if dest is not None:
+            c.dest = dest
+        if pending is not None:
+            c.pending = pending
         n = len(head)
         if view is None:
             c.drop = size - n
