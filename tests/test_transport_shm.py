@@ -309,6 +309,6 @@ def factory(ctx) -> list[str]:
 
 
 def test_make_transport_follows_the_environment():
-    kinds = ["TCPTransport", "HybridTransport", "HybridTransport"]
+    kinds = ["TCPTransport", "TCPTransport", "HybridTransport"]  # auto: TCP messages + arena
     assert run(factory, 2) == [kinds, kinds]
     assert TCPTransport.__name__ == kinds[0]

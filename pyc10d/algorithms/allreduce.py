@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from . import shm
 from .context import OpContext
 from .reduction import reduce_into
 
@@ -73,7 +74,10 @@ def allreduce(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
     """Reduce ``flat`` (contiguous, 1-D) across the group in place, choosing by size."""
     if ctx.size == 1 or flat.numel() == 0:
         return
-    if flat.numel() * flat.element_size() <= DIRECT_MAX_BYTES or flat.numel() < ctx.size:
+    arena = ctx.shm()
+    if arena is not None:
+        shm.allreduce(arena, flat, op, ctx.deadline)
+    elif flat.numel() * flat.element_size() <= DIRECT_MAX_BYTES or flat.numel() < ctx.size:
         allreduce_direct(ctx, flat, op)
     else:
         allreduce_ring(ctx, flat, op)
@@ -82,6 +86,10 @@ def allreduce(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
 def reduce(ctx: OpContext, flat: torch.Tensor, op: object, root: int) -> None:
     """Reduce ``flat`` onto ``root`` (other ranks' buffers are left as they were)."""
     if ctx.size == 1 or flat.numel() == 0:
+        return
+    arena = ctx.shm()
+    if arena is not None:
+        shm.reduce(arena, flat, op, root, ctx.deadline)
         return
     if ctx.rank != root:
         ctx.send(root, 0, flat)

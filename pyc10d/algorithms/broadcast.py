@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from . import shm
 from .context import OpContext
 
 
 def broadcast(ctx: OpContext, flat: torch.Tensor, root: int) -> None:
     """Copy ``root``'s ``flat`` into every rank's ``flat``."""
     size = ctx.size
-    if size == 1:
+    if size == 1 or flat.numel() == 0:
+        return
+    arena = ctx.shm()
+    if arena is not None:
+        shm.broadcast(arena, flat, root, ctx.deadline)
         return
     virtual = (ctx.rank - root) % size  # the root is virtual rank 0
     mask = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -11,6 +12,7 @@ import torch
 from .._tensor_bytes import byte_view
 from .._timeouts import Deadline
 from ..transport.base import Transport, op_tag
+from ..transport.shm_arena import ShmArena
 
 PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send
 
@@ -37,6 +39,21 @@ class OpContext:
     seq: int
     deadline: Deadline
     step_base: int = 0  # sub-operations of a coalesced collective each get their own steps
+    arena: ShmArena | None = None  # the group's shared-memory arena (every rank on one host)
+    take_turn: Callable[[], None] | None = None  # waits until earlier collectives left the arena
+
+    def shm(self) -> ShmArena | None:
+        """The group's arena, once every earlier collective is done with it; None without one.
+
+        Collectives use the arena one at a time, in issue order, so that all ranks count the
+        same rounds.
+        """
+        if self.arena is None:
+            return None
+        if self.take_turn is not None:
+            self.take_turn()
+        self.arena.begin(self.seq)
+        return self.arena
 
     def sub_operation(self, index: int) -> OpContext:
         """A context for part ``index`` of a coalesced collective, with its own message steps."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import shm
 from .context import OpContext
 from .reduction import reduce_into
 
@@ -41,6 +42,10 @@ def scatter(ctx: OpContext, send: Sequence[torch.Tensor], recv: torch.Tensor, ro
 
 def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) -> None:
     """Every rank's ``send`` lands in ``recv[rank]`` on every rank."""
+    arena = ctx.shm() if ctx.size > 1 and send.numel() else None
+    if arena is not None:
+        shm.allgather(arena, send, recv, ctx.deadline)
+        return
     for peer in _others(ctx):
         ctx.send(peer, 0, send)
     recv[ctx.rank].copy_(send)
@@ -48,8 +53,20 @@ def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) 
         ctx.recv(peer, 0, recv[peer])
 
 
-def alltoall(ctx: OpContext, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
-    """``send[j]`` of rank i lands in ``recv[i]`` of rank j."""
+def alltoall(
+    ctx: OpContext,
+    send: Sequence[torch.Tensor],
+    recv: Sequence[torch.Tensor],
+    even: bool = False,
+) -> None:
+    """``send[j]`` of rank i lands in ``recv[i]`` of rank j.
+
+    ``even`` says every block of every rank has the same size (the caller knows it for all ranks).
+    """
+    arena = ctx.shm() if even and ctx.size > 1 and recv[0].numel() else None
+    if arena is not None:
+        shm.alltoall(arena, send, recv, ctx.deadline)
+        return
     for peer in _others(ctx):
         ctx.send(peer, 0, send[peer])
     recv[ctx.rank].copy_(send[ctx.rank])
@@ -61,6 +78,11 @@ def reduce_scatter(
     ctx: OpContext, send: Sequence[torch.Tensor], recv: torch.Tensor, op: object
 ) -> None:
     """Rank r ends with ``send[r]`` of every rank reduced (in rank order) into ``recv``."""
+    even = all(s.numel() == recv.numel() for s in send)  # the same list of sizes on every rank
+    arena = ctx.shm() if even and ctx.size > 1 and recv.numel() else None
+    if arena is not None:
+        shm.reduce_scatter(arena, send, recv, op, ctx.deadline)
+        return
     for peer in _others(ctx):
         ctx.send(peer, 0, send[peer])
     parts: list[torch.Tensor] = []
@@ -78,6 +100,10 @@ def reduce_scatter(
 
 def barrier(ctx: OpContext) -> None:
     """Dissemination barrier: in round k, signal rank + 2^k and wait for rank - 2^k."""
+    arena = ctx.shm() if ctx.size > 1 else None
+    if arena is not None:
+        shm.barrier(arena, ctx.deadline)
+        return
     token = torch.empty(0, dtype=torch.uint8)
     distance, step = 1, 0
     while distance < ctx.size:

@@ -31,14 +31,43 @@ class Engine:
         for worker in self._workers:
             worker.start()
 
-    def submit(self, work: Work, run: Callable[[], Any]) -> Work:
-        """Queue ``run``; its return value completes ``work`` (an exception fails it)."""
+    def submit(self, work: Work, run: Callable[[], Any], wake: bool = True) -> Work:
+        """Queue ``run``; its return value completes ``work`` (an exception fails it).
+
+        ``wake=False`` when the caller is about to wait for ``work``: no worker is woken, and
+        ``work.wait()`` runs it (or wakes a worker if it is not next in line).
+        """
         with self._cv:
             if self._stopped:
                 raise DistBackendError("the process group has been shut down")
             self._queue.append((work, run))
-            self._cv.notify()
+            if wake:
+                self._cv.notify()
+        work._steal = self._run_or_wake
         return work
+
+    def _run_or_wake(self, work: Work, run_here: bool = True) -> None:
+        """Run ``work`` in the calling thread if it is next in line and no worker took it yet;
+        otherwise make sure a worker will.
+
+        ``Work.wait()`` calls this: a caller that waits at once then skips two thread hand-offs
+        (the worker's wake-up and its own), which dominate small operations.
+        """
+        with self._cv:
+            if not run_here or not self._queue or self._queue[0][0] is not work:
+                self._cv.notify()
+                return
+            _, run = self._queue.popleft()
+        self._execute(work, run)
+
+    @staticmethod
+    def _execute(work: Work, run: Callable[[], Any]) -> None:
+        try:
+            value = run()
+        except BaseException as exc:  # the error belongs to the Work, not the thread
+            work._fail(exc)
+        else:
+            work._complete(value)
 
     def _loop(self) -> None:
         while True:
@@ -48,12 +77,7 @@ class Engine:
                 if not self._queue:
                     return
                 work, run = self._queue.popleft()
-            try:
-                value = run()
-            except BaseException as exc:  # the error belongs to the Work, not the thread
-                work._fail(exc)
-            else:
-                work._complete(value)
+            self._execute(work, run)
 
     def shutdown(self, reason: str = "the process group has been shut down") -> None:
         """Fail queued operations, let running ones finish, and join the workers."""

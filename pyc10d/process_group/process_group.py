@@ -31,10 +31,13 @@ from ..algorithms.reduction import finish_average, reduce_into
 from ..algorithms.sparse import sparse_allreduce
 from ..errors import DistBackendError
 from ..store import PrefixStore, Store
-from ..transport import TCPTransport, make_transport
-from ..transport.base import TransportTimeout, p2p_tag
+from ..transport import make_transport
+from ..transport.base import Transport, TransportTimeout, p2p_tag
+from ..transport.factory import make_arena
+from ..transport.shm_arena import ShmArena
 from . import validation as check
 from .engine import Engine
+from .issue_order import IssueOrder
 from .options import (
     AllgatherOptions,
     AllreduceCoalescedOptions,
@@ -102,6 +105,19 @@ class ProcessGroup:
             bind_host=getattr(self.options, "bind_host", None),
             advertise_host=getattr(self.options, "advertise_host", None),
         )
+        transport = self._transport
+        try:
+            self._arena = make_arena(
+                self._store,
+                rank,
+                world_size,
+                self._default_timeout().total_seconds(),
+                lambda: transport.error,
+            )
+        except BaseException:
+            transport.close()
+            raise
+        self._order = IssueOrder()
         name = f"pyc10d-pg{generation}-r{rank}"
         self._engine = Engine(int(getattr(self.options, "threads", 2)), name)
         self._p2p_engines: dict[object, Engine] = {}
@@ -109,7 +125,12 @@ class ProcessGroup:
         self._lock = threading.Lock()
         self._running: dict[int, Work] = {}  # collectives not yet finished, for barrier()
         self._finalizer = weakref.finalize(
-            self, ProcessGroup._shutdown, self._engine, self._p2p_engines, self._transport
+            self,
+            ProcessGroup._shutdown,
+            self._engine,
+            self._p2p_engines,
+            self._transport,
+            self._arena,
         )
 
     # -- identity and settings ----------------------------------------------------------------
@@ -146,11 +167,15 @@ class ProcessGroup:
         self._finalizer()
 
     @staticmethod
-    def _shutdown(engine: Engine, p2p: dict, transport: TCPTransport) -> None:
+    def _shutdown(engine: Engine, p2p: dict, transport: Transport, arena: ShmArena | None) -> None:
         transport.close()  # wakes running operations with an error
+        if arena is not None:
+            arena.abort()
         engine.shutdown()
         for p2p_engine in list(p2p.values()):
             p2p_engine.shutdown()
+        if arena is not None:
+            arena.close()
 
     # -- running operations -------------------------------------------------------------------
     def _op_seconds(self, opts: object) -> float:
@@ -170,10 +195,24 @@ class ProcessGroup:
         error = self._transport.error
         if error is not None:
             raise DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {error}")
-        ctx = OpContext(self._transport, self._rank, self._size, seq, Deadline(seconds))
+        deadline = Deadline(seconds)
+        ctx = OpContext(
+            self._transport,
+            self._rank,
+            self._size,
+            seq,
+            deadline,
+            arena=self._arena,
+            take_turn=lambda: self._order.wait_turn(seq, deadline),
+        )
         try:
-            with torch.inference_mode():
-                body(ctx)
+            try:
+                with torch.inference_mode():
+                    body(ctx)
+            except BaseException:
+                if self._arena is not None and self._arena.holder == seq:
+                    self._arena.abandon()
+                raise
         except TransportTimeout as exc:
             self._transport.discard(seq)
             raise self._wrap_error(op_type, seq, exc) from None
@@ -193,13 +232,16 @@ class ProcessGroup:
             try:
                 self._run(op_type, seq, seconds, body)
             finally:
+                self._order.finish(seq)
                 with self._lock:
                     self._running.pop(seq, None)
             return value
 
+        caller_waits = getattr(opts, "asyncOp", True) is False  # the module API's async_op=False
         try:
-            return self._engine.submit(work, run)
+            return self._engine.submit(work, run, wake=not caller_waits)
         except BaseException:  # shut down: it will never run
+            self._order.finish(seq)
             with self._lock:
                 self._running.pop(seq, None)
             raise
@@ -529,7 +571,10 @@ class ProcessGroup:
             source = input.contiguous()
             sends = _split_rows(source, input_split_sizes, ctx.size)
             recvs = _split_rows(staged.buffer, output_split_sizes, ctx.size)
-            exchange.alltoall(ctx, [t.reshape(-1) for t in sends], [t.view(-1) for t in recvs])
+            even = not output_split_sizes and not input_split_sizes  # the same on every rank
+            exchange.alltoall(
+                ctx, [t.reshape(-1) for t in sends], [t.view(-1) for t in recvs], even
+            )
             staged.finish()
 
         return self._collective("alltoall_base", opts, [[output]], body)
@@ -570,7 +615,7 @@ class ProcessGroup:
             # earlier collectives were dequeued before this one: they are running or done
             for work in prior:
                 remaining = ctx.deadline.remaining()
-                if not work._done.wait(None if math.isinf(remaining) else remaining):
+                if not work._wait_done(None if math.isinf(remaining) else remaining):
                     raise TransportTimeout(
                         f"{work.op_type} (#{work.seq}) issued before the barrier",
                         ctx.deadline.seconds,

@@ -64,6 +64,7 @@ class StagedWork(Work):
                 self._complete(_restore(value, originals))
 
         inner.get_future().add_done_callback(copy_back)
+        self._steal = lambda _work, run_here: inner._run_queued(run_here)
 
 
 def staged_on_host(method: Callable[..., Work]) -> Callable[..., Work]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,27 +24,59 @@ class Work:
         self.op_type = op_type
         self.seq = seq
         self._outputs = outputs
-        self._future: torch.futures.Future = torch.futures.Future()
-        self._done = threading.Event()
+        self._future: torch.futures.Future | None = None  # made on first get_future()
+        self._value: Any = None
+        self._done = False
+        self._gate = _thread.allocate_lock()  # held until done; waiters pass it on
+        self._gate.acquire()
+        self._lock = threading.Lock()
         self._exception: BaseException | None = None
         self._source = -1  # the sender, for receives
+        # (work, run_here): runs the still-queued operation inline, or wakes its engine
+        self._steal: Callable[[Work, bool], object] | None = None
 
     # -- completion (called by the engine) ------------------------------------------------------
     def _complete(self, value: Any) -> None:
-        self._done.set()
-        self._future.set_result(value)
+        with self._lock:
+            self._value = value
+            self._done = True
+            future = self._future
+        self._gate.release()
+        if future is not None:
+            future.set_result(value)
 
     def _fail(self, exc: BaseException) -> None:
-        self._exception = exc
-        self._done.set()
-        self._future.set_exception(exc)
+        with self._lock:
+            self._exception = exc
+            self._done = True
+            future = self._future
+        self._gate.release()
+        if future is not None:
+            future.set_exception(exc)
+
+    def _run_queued(self, run_here: bool = True) -> None:
+        """If the operation still waits in its engine's queue, run it in this thread (or, with
+        ``run_here=False``, make sure a worker runs it)."""
+        steal, self._steal = self._steal, None
+        if steal is not None and not self._done:
+            steal(self, run_here)
+
+    def _wait_done(self, seconds: float | None) -> bool:
+        """Block until done (at most ``seconds``); True if it is."""
+        if self._done:
+            return True
+        if not self._gate.acquire(timeout=-1 if seconds is None else seconds):
+            return False
+        self._gate.release()  # let the next waiter through
+        return True
 
     # -- torch's Work API ---------------------------------------------------------------------
     def wait(self, timeout: TimeoutLike | None = None) -> bool:
         """Block until the operation finishes; re-raise its error. ``timeout`` bounds the wait."""
         if timeout is None or to_seconds(timeout) == 0:
-            self._done.wait()
-        elif not self._done.wait(to_seconds(timeout)):
+            self._run_queued()
+            self._wait_done(None)
+        elif not (self._run_queued(run_here=False) or self._wait_done(to_seconds(timeout))):
             raise DistBackendError(
                 f"Timed out waiting {format_ms(to_seconds(timeout))} for {self.op_type} "
                 f"(collective #{self.seq}) to complete"
@@ -53,11 +87,11 @@ class Work:
 
     def is_completed(self) -> bool:
         """True once the operation finished, successfully or not."""
-        return self._done.is_set()
+        return self._done
 
     def is_success(self) -> bool:
         """True if the operation finished without error."""
-        return self._done.is_set() and self._exception is None
+        return self._done and self._exception is None
 
     def exception(self) -> BaseException | None:
         """The error the operation failed with, or None."""
@@ -65,7 +99,17 @@ class Work:
 
     def get_future(self) -> torch.futures.Future:
         """A ``torch.futures.Future`` completed with the operation's output tensors."""
-        return self._future
+        with self._lock:
+            if self._future is not None:
+                return self._future
+            future = self._future = torch.futures.Future()
+            done, value, exc = self._done, self._value, self._exception
+        if done:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+        return future
 
     def result(self) -> list[Any]:
         """The operation's output tensors (torch's ``Work.result()``: one list, not lists)."""

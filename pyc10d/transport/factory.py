@@ -1,24 +1,26 @@
-"""Choosing a group's transport: ``PYC10D_TRANSPORT`` = ``tcp``, ``shm`` or ``auto``.
+"""Choosing a group's transport: ``PYC10D_TRANSPORT`` = ``auto`` (default), ``tcp`` or ``shm``.
 
-``tcp`` uses TCP between every pair (cross-host paths can then be tested on one host); ``shm``
-uses shared memory between every pair and fails unless all ranks share a host; ``auto`` uses
-shared memory between same-host ranks and TCP between the others. The default is ``tcp`` for
-now: on a busy 2-core host shared memory did not beat TCP yet. Every rank of a group must use
-the same setting.
+``auto``: when every rank of the group runs on one host, collectives go through a shared-memory
+arena (:mod:`~pyc10d.transport.shm_arena`) and point-to-point messages over TCP; otherwise
+everything goes over TCP. ``tcp``: TCP only, so cross-host paths can be tested on one host.
+``shm``: the arena, plus point-to-point messages over shared-memory rings; it fails unless every
+rank shares a host. Every rank of a group must use the same setting.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from ..errors import DistBackendError
 from ..store import Store
 from .base import Transport
 from .hybrid import HybridTransport
+from .shm_arena import ShmArena, single_host
 from .tcp import TCPTransport
 
 ENV = "PYC10D_TRANSPORT"
-DEFAULT_MODE = "tcp"
-_SHM_PEERS = {"shm": "all", "auto": "auto"}
+DEFAULT_MODE = "auto"
 
 
 def transport_mode() -> str:
@@ -39,11 +41,35 @@ def make_transport(
 ) -> Transport:
     """The transport of one rank of a group, as ``PYC10D_TRANSPORT`` selects (see module doc)."""
     mode = transport_mode()
-    if mode == "tcp" or world_size == 1:
+    if mode != "shm" or world_size == 1:
         return TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
     return HybridTransport(
-        store, rank, world_size, timeout, bind_host, advertise_host, shm_peers=_SHM_PEERS[mode]
+        store, rank, world_size, timeout, bind_host, advertise_host, shm_peers="all"
     )
 
 
-__all__ = ["make_transport", "transport_mode"]
+def make_arena(
+    store: Store,
+    rank: int,
+    world_size: int,
+    timeout: float,
+    failure: Callable[[], BaseException | None],
+) -> ShmArena | None:
+    """The group's shared-memory arena, or None (``tcp`` mode, one rank, or several hosts).
+
+    Every rank must call this. ``failure`` reports the transport's error (a dead peer), which
+    ends the arena's waits.
+    """
+    mode = transport_mode()
+    if mode == "tcp" or world_size == 1:
+        return None
+    if not single_host(store, rank, world_size, timeout):
+        if mode == "shm":
+            raise DistBackendError(
+                f"{ENV}=shm needs every rank on one host, but rank {rank}'s host lacks some"
+            )
+        return None
+    return ShmArena(store, rank, world_size, timeout, failure)
+
+
+__all__ = ["make_arena", "make_transport", "transport_mode"]

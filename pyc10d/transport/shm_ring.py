@@ -36,7 +36,7 @@ def byte_tensor(view: memoryview) -> torch.Tensor:
     return torch.frombuffer(view, dtype=torch.uint8)
 
 
-def _untrack(shm: SharedMemory) -> None:
+def untrack(shm: SharedMemory) -> None:
     """Forget ``shm`` in the resource tracker (the transport unlinks it itself)."""
     try:
         resource_tracker.unregister(shm._name, "shared_memory")
@@ -61,14 +61,14 @@ class Ring:
     def create(cls, name: str) -> Ring:
         """Create (and map) a new zeroed segment called ``name``."""
         shm = SharedMemory(name, create=True, size=HEADER_BYTES + CAPACITY)
-        _untrack(shm)
+        untrack(shm)
         return cls(shm, creator=True)
 
     @classmethod
     def attach(cls, name: str) -> Ring:
         """Map the existing segment ``name``."""
         shm = SharedMemory(name)
-        _untrack(shm)
+        untrack(shm)
         if shm.size < HEADER_BYTES + CAPACITY:
             shm.close()
             raise ValueError(f"shared-memory segment {name} is too small ({shm.size} bytes)")

@@ -1,0 +1,201 @@
+"""Collectives over a :class:`~pyc10d.transport.shm_arena.ShmArena` (every rank on one host).
+
+Data goes through the arena's staging slots in rounds of at most ``slot_bytes`` per rank: a rank
+copies its part into its own slot and posts the round, then reads what it needs straight from
+its peers' slots (all mapped) into its output, and releases the round. Double-buffered slots let
+a rank post round R+1 while slow peers still read round R.
+
+Large allreduces are slice-parallel: in each round every rank reduces its own 1/size slice of the
+chunk from all slots (in rank order, so every rank ends with the same bits), publishes it in its
+slot, and then copies the other ranks' reduced slices: reduce-scatter + allgather with no
+messages. Small ones skip the second phase: every rank reduces the whole chunk itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .._timeouts import Deadline
+from ..process_group.reduce_op import ReduceOp
+from ..transport.shm_arena import POSTED, REDUCED, RELEASED, ShmArena
+from .reduction import reduce_into
+
+SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks
+_ADDITIVE = (ReduceOp.SUM, ReduceOp.AVG, ReduceOp.PREMUL_SUM)
+
+
+def _combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
+    """``out = parts[0] (op) parts[1] (op) ...`` in rank order; ``out`` aliases none of them."""
+    if op in _ADDITIVE and out.dtype != torch.bool and len(parts) > 1:
+        torch.add(parts[0], parts[1], out=out)
+        rest = parts[2:]
+    else:
+        out.copy_(parts[0])
+        rest = parts[1:]
+    for part in rest:
+        reduce_into(op, out, part)
+
+
+def _elements_per_round(arena: ShmArena, dtype: torch.dtype, parts: int = 1) -> int:
+    """How many elements of each of ``parts`` pieces fit one round of a slot."""
+    return max(1, arena.slot_bytes // (dtype.itemsize * parts))
+
+
+def _bounds(count: int, parts: int, index: int) -> tuple[int, int]:
+    """Elements ``[lo, hi)`` of part ``index`` when ``count`` are split into ``parts``."""
+    return count * index // parts, count * (index + 1) // parts
+
+
+def allreduce(arena: ShmArena, flat: torch.Tensor, op: object, deadline: Deadline) -> None:
+    """Reduce the contiguous 1-D ``flat`` across the group in place."""
+    rank, size, dtype = arena.rank, arena.size, flat.dtype
+    everyone = range(size)
+    step = _elements_per_round(arena, dtype)
+    for start in range(0, flat.numel(), step):
+        chunk = flat[start : start + step]
+        count = chunk.numel()
+        round_ = arena.next_round()
+        arena.claim(round_, deadline, "allreduce")
+        slots = [arena.typed(owner, round_, dtype) for owner in everyone]
+        slots[rank][:count].copy_(chunk)
+        arena.publish(POSTED, round_)
+        arena.wait(POSTED, round_, arena.peers, deadline, "allreduce")
+        if count * dtype.itemsize < SLICE_MIN_BYTES or count < size:
+            _combine(op, chunk, [s[:count] for s in slots])
+        else:
+            lo, hi = _bounds(count, size, rank)
+            _combine(op, chunk[lo:hi], [s[lo:hi] for s in slots])
+            slots[rank][lo:hi].copy_(chunk[lo:hi])
+            arena.publish(REDUCED, round_)
+            arena.wait(REDUCED, round_, arena.peers, deadline, "allreduce")
+            for owner in arena.peers:
+                lo, hi = _bounds(count, size, owner)
+                chunk[lo:hi].copy_(slots[owner][lo:hi])
+        arena.publish(RELEASED, round_)
+
+
+def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline: Deadline) -> None:
+    """Reduce ``flat`` onto ``root`` in place there (the others' ``flat`` is left as it was)."""
+    dtype = flat.dtype
+    step = _elements_per_round(arena, dtype)
+    for start in range(0, flat.numel(), step):
+        chunk = flat[start : start + step]
+        count = chunk.numel()
+        round_ = arena.next_round()
+        arena.claim(round_, deadline, "reduce")
+        arena.typed(arena.rank, round_, dtype)[:count].copy_(chunk)
+        arena.publish(POSTED, round_)
+        if arena.rank == root:
+            arena.wait(POSTED, round_, arena.peers, deadline, "reduce")
+            slots = [arena.typed(owner, round_, dtype)[:count] for owner in range(arena.size)]
+            _combine(op, chunk, slots)
+        arena.publish(RELEASED, round_)
+
+
+def broadcast(arena: ShmArena, flat: torch.Tensor, root: int, deadline: Deadline) -> None:
+    """Copy ``root``'s contiguous ``flat`` into every rank's ``flat``."""
+    data = flat.view(-1).view(torch.uint8)
+    step = arena.slot_bytes
+    for start in range(0, data.numel(), step):
+        chunk = data[start : start + step]
+        round_ = arena.next_round()
+        if arena.rank == root:
+            arena.claim(round_, deadline, "broadcast")
+            arena.slot(root, round_)[: chunk.numel()].copy_(chunk)
+            arena.publish(POSTED, round_)
+        else:
+            arena.wait(POSTED, round_, (root,), deadline, "broadcast")
+            chunk.copy_(arena.slot(root, round_)[: chunk.numel()])
+        arena.publish(RELEASED, round_)
+
+
+def allgather(
+    arena: ShmArena, send: torch.Tensor, recv: Sequence[torch.Tensor], deadline: Deadline
+) -> None:
+    """Every rank's contiguous ``send`` lands in ``recv[rank]`` on every rank."""
+    dtype = send.dtype
+    step = _elements_per_round(arena, dtype)
+    recv[arena.rank].copy_(send.view_as(recv[arena.rank]))
+    flat_recv = [r.view(-1) for r in recv]
+    send = send.view(-1)
+    for start in range(0, send.numel(), step):
+        count = min(step, send.numel() - start)
+        round_ = arena.next_round()
+        arena.claim(round_, deadline, "allgather")
+        arena.typed(arena.rank, round_, dtype)[:count].copy_(send[start : start + count])
+        arena.publish(POSTED, round_)
+        arena.wait(POSTED, round_, arena.peers, deadline, "allgather")
+        for owner in arena.peers:
+            part = arena.typed(owner, round_, dtype)[:count]
+            flat_recv[owner][start : start + count].copy_(part)
+        arena.publish(RELEASED, round_)
+
+
+def _post_blocks(
+    arena: ShmArena,
+    blocks: Sequence[torch.Tensor],
+    start: int,
+    count: int,
+    round_: int,
+    deadline: Deadline,
+    what: str,
+) -> None:
+    """Put elements ``[start, start + count)`` of every block side by side in this rank's slot."""
+    arena.claim(round_, deadline, what)
+    mine = arena.typed(arena.rank, round_, blocks[0].dtype)
+    for index, block in enumerate(blocks):
+        mine[index * count : (index + 1) * count].copy_(block[start : start + count])
+    arena.publish(POSTED, round_)
+    arena.wait(POSTED, round_, arena.peers, deadline, what)
+
+
+def reduce_scatter(
+    arena: ShmArena,
+    send: Sequence[torch.Tensor],
+    recv: torch.Tensor,
+    op: object,
+    deadline: Deadline,
+) -> None:
+    """Rank r ends with ``send[r]`` of every rank reduced (in rank order) into ``recv``."""
+    blocks = [s.reshape(-1) for s in send]
+    out = recv.view(-1)
+    total, dtype, rank = out.numel(), recv.dtype, arena.rank
+    step = _elements_per_round(arena, dtype, arena.size)
+    for start in range(0, total, step):
+        count = min(step, total - start)
+        round_ = arena.next_round()
+        _post_blocks(arena, blocks, start, count, round_, deadline, "reduce_scatter")
+        lo, hi = rank * count, (rank + 1) * count
+        parts = [arena.typed(owner, round_, dtype)[lo:hi] for owner in range(arena.size)]
+        _combine(op, out[start : start + count], parts)
+        arena.publish(RELEASED, round_)
+
+
+def alltoall(
+    arena: ShmArena, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], deadline: Deadline
+) -> None:
+    """``send[j]`` of rank i lands in ``recv[i]`` of rank j (every block the same size)."""
+    blocks = [s.reshape(-1) for s in send]
+    outs = [r.view(-1) for r in recv]
+    rank = arena.rank
+    outs[rank].copy_(blocks[rank])
+    total, dtype = outs[rank].numel(), outs[rank].dtype
+    step = _elements_per_round(arena, dtype, arena.size)
+    for start in range(0, total, step):
+        count = min(step, total - start)
+        round_ = arena.next_round()
+        _post_blocks(arena, blocks, start, count, round_, deadline, "alltoall")
+        lo, hi = rank * count, (rank + 1) * count
+        for owner in arena.peers:
+            outs[owner][start : start + count].copy_(arena.typed(owner, round_, dtype)[lo:hi])
+        arena.publish(RELEASED, round_)
+
+
+def barrier(arena: ShmArena, deadline: Deadline) -> None:
+    """Return once every rank has entered the barrier."""
+    round_ = arena.next_round()
+    arena.publish(POSTED, round_)
+    arena.wait(POSTED, round_, arena.peers, deadline, "barrier")
+    arena.publish(RELEASED, round_)

@@ -1,0 +1,302 @@
+"""The shared-memory arena of a group whose ranks all share one host.
+
+Every rank owns one segment that every other rank maps; collectives then move data by plain
+copies and reductions between mapped slots (see ``pyc10d.algorithms.shm``), with no messages and
+no helper thread. A segment is a control block plus two staging slots::
+
+    [0]     POSTED:   last round whose input this rank has put in its slot
+    [64]    REDUCED:  last round whose reduced slice lies in its slot
+    [128]   RELEASED: last round whose peers' slots this rank has finished reading
+    [192]   SLEEPING: nonzero while this rank is blocked on its doorbell
+    [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
+
+Counters are u64 on their own cache lines and only ever grow. A round is
+``seq << ROUND_BITS | k`` for the k-th round of collective number ``seq``, so ranks agree on
+rounds even after one of them abandoned a collective on timeout. x86 keeps stores, and loads,
+in program order, so data written before a counter is visible to whoever sees the counter.
+
+Waiting spins briefly (yielding the CPU), then blocks on a doorbell socket (an abstract UNIX
+datagram socket) for at most a couple of milliseconds at a time, looking for a dead peer
+(through ``failure``) and the deadline between blocks: a lost wake-up costs latency, never a hang.
+Segments are unlinked as soon as every rank has mapped them, so nothing is left in ``/dev/shm``
+whatever happens to the processes afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.shared_memory import SharedMemory
+
+import torch
+
+from .._timeouts import Deadline, format_ms
+from ..errors import DistBackendError, DistStoreError
+from ..store import PrefixStore, Store
+from .base import TransportTimeout
+from .shm_ring import untrack
+from .shm_setup import same_host_peers
+
+POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
+CONTROL_BYTES = 4096
+SLOT_BYTES = 4 * 1024 * 1024
+ROUND_BITS = 24
+BLOCK_MS = 2  # the longest block on the doorbell before looking again
+_FENCE = threading.Lock()  # acquiring a lock is a locked instruction: a full memory fence
+
+
+def _fence() -> None:
+    """Order this thread's earlier stores before its later loads (x86 only reorders those)."""
+    _FENCE.acquire()
+    _FENCE.release()
+
+
+def _spin_seconds(world_size: int) -> float:
+    """How long a waiter polls before blocking: briefly when every rank has its own core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 200e-6 if world_size <= cores else 20e-6
+
+
+class ShmArena:
+    """One rank's view of the group's segments: its own (``rank``) and every peer's."""
+
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        world_size: int,
+        timeout: float,
+        failure: Callable[[], BaseException | None] = lambda: None,
+        slot_bytes: int = SLOT_BYTES,
+    ) -> None:
+        if slot_bytes <= 0 or slot_bytes % 64:
+            raise ValueError(f"slot_bytes must be a positive multiple of 64, got {slot_bytes}")
+        self.rank = rank
+        self.size = world_size
+        self.slot_bytes = slot_bytes
+        self.peers = [p for p in range(world_size) if p != rank]
+        self.round = 0
+        self.holder = 0  # the collective that last entered the arena
+        self._failure = failure
+        self._closed = False
+        self._spin = _spin_seconds(world_size)
+        self._last_use = [0, 0]  # the round that last wrote each of this rank's slots
+        self._segments: list[SharedMemory | None] = [None] * world_size
+        self._control: list[memoryview] = []
+        self._slots: list[list[torch.Tensor]] = []
+        self._typed: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+        self._bells: list[bytes] = []
+        self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._bell.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self._bell.fileno(), select.POLLIN)
+        try:
+            self._build(PrefixStore("arena", store), Deadline(timeout))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _build(self, store: Store, deadline: Deadline) -> None:
+        nonce = secrets.token_hex(6)
+        self._bell.bind(f"\0pyc10d-{nonce}-arena-r{self.rank}".encode())
+        size = CONTROL_BYTES + 2 * self.slot_bytes
+        own = SharedMemory(f"pyc10d-{nonce}-arena-r{self.rank}", create=True, size=size)
+        untrack(own)
+        self._segments[self.rank] = own
+        try:
+            info = {"seg": own.name, "bell": self._bell.getsockname().hex()}
+            store.set(f"seg/{self.rank}", json.dumps(info))
+            _wait(store, [f"seg/{p}" for p in self.peers], deadline, self.rank, "segments")
+            infos = {p: json.loads(store.get(f"seg/{p}")) for p in self.peers}
+            for peer, peer_info in infos.items():
+                segment = SharedMemory(peer_info["seg"])
+                untrack(segment)
+                self._segments[peer] = segment
+                if segment.size < size:
+                    raise DistBackendError(
+                        f"rank {peer}'s shared-memory segment is {segment.size} bytes, "
+                        f"expected {size} (ranks disagree on the slot size)"
+                    )
+            store.set(f"att/{self.rank}", "1")
+            _wait(store, [f"att/{p}" for p in self.peers], deadline, self.rank, "peers to map")
+        finally:
+            _unlink(own)
+        for owner, segment in enumerate(self._segments):
+            assert segment is not None
+            self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
+            self._slots.append(
+                [
+                    torch.frombuffer(
+                        segment.buf,
+                        dtype=torch.uint8,
+                        offset=CONTROL_BYTES + k * self.slot_bytes,
+                        count=self.slot_bytes,
+                    )
+                    for k in (0, 1)
+                ]
+            )
+            bell = self._bell.getsockname() if owner == self.rank else infos[owner]["bell"]
+            self._bells.append(bell if isinstance(bell, bytes) else bytes.fromhex(bell))
+
+    # -- rounds and slots -----------------------------------------------------------------------
+    def begin(self, seq: int) -> None:
+        """Start collective number ``seq``: its rounds follow every earlier collective's."""
+        self.holder = seq
+        self.round = max(self.round, seq << ROUND_BITS)
+
+    def abandon(self) -> None:
+        """Give up the current collective (it failed here): tell peers this rank reads none of
+        their slots any more, so a peer that arrives late is not kept from reusing them."""
+        if not self._closed:
+            self.publish(RELEASED, self.round)
+
+    def next_round(self) -> int:
+        """The number of the next round (every rank counts rounds the same way)."""
+        self.round += 1
+        return self.round
+
+    def slot(self, owner: int, round_: int) -> torch.Tensor:
+        """``owner``'s staging slot for ``round_`` as a uint8 tensor."""
+        return self._slots[owner][round_ & 1]
+
+    def typed(self, owner: int, round_: int, dtype: torch.dtype) -> torch.Tensor:
+        """``owner``'s slot for ``round_`` as a 1-D tensor of ``dtype`` (cached views)."""
+        key = (owner, round_ & 1, dtype)
+        view = self._typed.get(key)
+        if view is None:
+            view = self._typed[key] = self._slots[owner][round_ & 1].view(dtype)
+        return view
+
+    def claim(self, round_: int, deadline: Deadline, what: str) -> torch.Tensor:
+        """This rank's slot for ``round_``, once every peer is done reading its previous use."""
+        parity = round_ & 1
+        self.wait(RELEASED, self._last_use[parity], self.peers, deadline, what)
+        self._last_use[parity] = round_
+        return self._slots[self.rank][parity]
+
+    # -- signalling -----------------------------------------------------------------------------
+    def publish(self, counter: int, round_: int) -> None:
+        """Set this rank's ``counter`` to ``round_`` and wake peers that are blocked."""
+        self._control[self.rank][counter] = round_
+        _fence()
+        for peer in self.peers:
+            if self._control[peer][SLEEPING]:
+                try:
+                    self._bell.sendto(b"!", self._bells[peer])
+                except OSError:
+                    pass  # its queue is full (it will look anyway) or it is gone
+
+    def wait(
+        self, counter: int, round_: int, peers: Sequence[int], deadline: Deadline, what: str
+    ) -> None:
+        """Return once every rank in ``peers`` has ``counter >= round_``.
+
+        Raises TransportTimeout at ``deadline`` (naming the ranks still missing) and the group's
+        failure (a dead peer) or an error once the arena is closed.
+        """
+        control = self._control
+        pending = [p for p in peers if control[p][counter] < round_]
+        if not pending:
+            return
+        spin_until = time.perf_counter() + self._spin
+        while True:
+            pending = [p for p in pending if control[p][counter] < round_]
+            if not pending:
+                return
+            if time.perf_counter() < spin_until:
+                os.sched_yield()
+                continue
+            self._block(counter, round_, pending, deadline, what)
+
+    def _block(
+        self, counter: int, round_: int, pending: list[int], deadline: Deadline, what: str
+    ) -> None:
+        """Sleep on the doorbell once (at most BLOCK_MS) unless a condition ends the wait."""
+        if self._closed:
+            raise DistBackendError("the shared-memory arena has been closed")
+        failure = self._failure()
+        if failure is not None:
+            raise DistBackendError(str(failure))
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            ranks = ", ".join(map(str, pending))
+            raise TransportTimeout(f"rank(s) {ranks} in shared-memory {what}", deadline.seconds)
+        own = self._control[self.rank]
+        own[SLEEPING] = 1
+        _fence()
+        try:
+            if any(self._control[p][counter] < round_ for p in pending):
+                wait_ms = BLOCK_MS if math.isinf(remaining) else min(BLOCK_MS, remaining * 1e3)
+                if self._poll.poll(max(wait_ms, 0.05)):
+                    try:
+                        while self._bell.recv(64):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+        finally:
+            own[SLEEPING] = 0
+
+    # -- teardown -------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Make every current and later wait fail (the group is shutting down)."""
+        self._closed = True
+
+    def close(self) -> None:
+        """Unmap every segment and close the doorbell; idempotent."""
+        self._closed = True
+        self._slots = []
+        self._typed = {}
+        for view in self._control:
+            view.release()
+        self._control = []
+        for index, segment in enumerate(self._segments):
+            if segment is None:
+                continue
+            if index == self.rank:
+                _unlink(segment)
+            try:
+                segment.close()
+            except BufferError:  # a tensor over it is still alive: leave it mapped
+                pass
+            self._segments[index] = None
+        self._bell.close()
+
+
+def _unlink(segment: SharedMemory) -> None:
+    """Remove ``segment``'s name from /dev/shm (mappings stay valid); idempotent."""
+    try:
+        os.unlink(f"/dev/shm/{segment.name.lstrip('/')}")
+    except FileNotFoundError:
+        pass
+
+
+def _wait(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
+    remaining = deadline.remaining()
+    try:
+        store.wait(keys, 0 if math.isinf(remaining) else max(remaining, 0.001))
+    except DistStoreError as exc:
+        absent = [k for k in keys if not store.check([k])]
+        raise DistBackendError(
+            f"shared-memory arena setup on rank {rank} timed out after "
+            f"{format_ms(deadline.seconds)} waiting for peers' {what} ({absent})"
+        ) from exc
+
+
+def single_host(store: Store, rank: int, world_size: int, timeout: float) -> bool:
+    """True when every rank of the group runs on this rank's host (every rank must call this)."""
+    peers = same_host_peers(PrefixStore("arena", store), rank, world_size, Deadline(timeout))
+    return len(peers) == world_size - 1
+
+
+__all__ = ["SLOT_BYTES", "ShmArena", "single_host"]
