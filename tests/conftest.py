@@ -12,3 +12,22 @@ from pathlib import Path
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+import pytest  # noqa: E402
+
+# The collective suites run under both transports (issue: "the collective test suite runs under
+# both"): ``auto`` (the default: shared-memory arena on one host) and ``tcp`` (the cross-host path).
+TRANSPORT_MODULES = {"test_process_group", "test_process_group_seed", "test_api_collectives"}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__ in TRANSPORT_MODULES:
+        metafunc.fixturenames.append("pyc10d_transport")
+        metafunc.parametrize("pyc10d_transport", ["auto", "tcp"], indirect=True)
+
+
+@pytest.fixture
+def pyc10d_transport(request, monkeypatch):
+    """Select ``PYC10D_TRANSPORT`` for the ranks the test spawns."""
+    monkeypatch.setenv("PYC10D_TRANSPORT", request.param)
+    return request.param

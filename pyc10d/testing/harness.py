@@ -300,6 +300,8 @@ def spawn(
             "WORLD_SIZE": str(world_size),
             "LOCAL_WORLD_SIZE": str(world_size),
         }
+        # pyc10d's own settings (PYC10D_TRANSPORT...) follow the parent's current environment
+        common.update({k: v for k, v in os.environ.items() if k.startswith("PYC10D_")})
         extra = {str(k): str(v) for k, v in (env or {}).items()}
         for rank in range(world_size):
             rank_env = {**common, "RANK": str(rank), "LOCAL_RANK": str(rank), **extra}
