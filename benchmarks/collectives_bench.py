@@ -31,38 +31,49 @@ def bus_factor(collective: str, world: int) -> float:
     return (world - 1) / world
 
 
+def _options(pg, name: str):
+    """A fresh ``name`` options object of ``pg``'s backend, marked as waited for at once.
+
+    ``asyncOp = False`` is what ``dist.all_reduce(t)`` (``async_op=False``) sets in both
+    torch.distributed and pyc10d; every timed call here waits for its Work right away.
+    """
+    import pyc10d
+
+    if isinstance(pg, pyc10d.ProcessGroup):
+        module = pyc10d
+    else:
+        import torch.distributed.distributed_c10d as module
+    options = getattr(module, name)()
+    options.asyncOp = False
+    return options
+
+
 def _operation(collective: str, pg, nbytes: int, world: int, rank: int):
     """A zero-argument callable running one ``collective`` of ``nbytes`` on ``pg``."""
     numel = max(world, nbytes // 4)
     numel -= numel % world
     if collective == "allreduce":
         tensor = torch.ones(numel)
-        return lambda: pg.allreduce([tensor]).wait()
+        opts = _options(pg, "AllreduceOptions")
+        return lambda: pg.allreduce([tensor], opts).wait()
     if collective == "broadcast":
         tensor = torch.ones(numel)
-        return lambda: pg.broadcast([tensor], _root(pg)).wait()
+        opts = _options(pg, "BroadcastOptions")
+        opts.rootRank = 0
+        return lambda: pg.broadcast([tensor], opts).wait()
     if collective == "allgather":
         part = torch.ones(numel // world)
         outputs = [torch.empty_like(part) for _ in range(world)]
-        return lambda: pg.allgather([outputs], [part]).wait()
+        opts = _options(pg, "AllgatherOptions")
+        return lambda: pg.allgather([outputs], [part], opts).wait()
     if collective == "reduce_scatter":
         inputs = [torch.ones(numel // world) for _ in range(world)]
         output = torch.empty(numel // world)
-        return lambda: pg.reduce_scatter([output], [inputs]).wait()
+        opts = _options(pg, "ReduceScatterOptions")
+        return lambda: pg.reduce_scatter([output], [inputs], opts).wait()
     source, target = torch.ones(numel), torch.empty(numel)
-    return lambda: pg.alltoall_base(target, source, [], []).wait()
-
-
-def _root(pg):
-    import pyc10d
-
-    options = pyc10d.BroadcastOptions() if isinstance(pg, pyc10d.ProcessGroup) else None
-    if options is None:
-        import torch.distributed as tdist
-
-        options = tdist.BroadcastOptions()
-    options.rootRank = 0
-    return options
+    opts = _options(pg, "AllToAllOptions")
+    return lambda: pg.alltoall_base(target, source, [], [], opts).wait()
 
 
 def _iterations(nbytes: int) -> int:

@@ -300,8 +300,15 @@ def _torch_parity(ctx) -> None:
         torch.testing.assert_close(
             ours_state.error_dict[index], theirs_state.error_dict[index], atol=1e-5, rtol=1e-4
         )
+    # Keep torch's group alive until the process exits: a Gloo worker thread may still hold the
+    # last reference to one of its finished Works, and dropping the group there runs its
+    # destructor on that thread, which then joins itself (SIGABRT, "Resource deadlock avoided").
+    _TORCH_GROUPS_KEPT.append(tdist.group.WORLD)
     tdist.destroy_process_group()
     dist.destroy_process_group()
+
+
+_TORCH_GROUPS_KEPT: list = []
 
 
 def test_same_results_as_torch():

@@ -50,30 +50,34 @@ def _bounds(count: int, parts: int, index: int) -> tuple[int, int]:
 
 def allreduce(arena: ShmArena, flat: torch.Tensor, op: object, deadline: Deadline) -> None:
     """Reduce the contiguous 1-D ``flat`` across the group in place."""
-    rank, size, dtype = arena.rank, arena.size, flat.dtype
-    everyone = range(size)
-    step = _elements_per_round(arena, dtype)
+    step = _elements_per_round(arena, flat.dtype)
+    if flat.numel() <= step:
+        _allreduce_round(arena, flat, op, deadline)
+        return
     for start in range(0, flat.numel(), step):
-        chunk = flat[start : start + step]
-        count = chunk.numel()
-        round_ = arena.next_round()
-        arena.claim(round_, deadline, "allreduce")
-        slots = [arena.typed(owner, round_, dtype) for owner in everyone]
-        slots[rank][:count].copy_(chunk)
-        arena.publish(POSTED, round_)
-        arena.wait(POSTED, round_, arena.peers, deadline, "allreduce")
-        if count * dtype.itemsize < SLICE_MIN_BYTES or count < size:
-            _combine(op, chunk, [s[:count] for s in slots])
-        else:
-            lo, hi = _bounds(count, size, rank)
-            _combine(op, chunk[lo:hi], [s[lo:hi] for s in slots])
-            slots[rank][lo:hi].copy_(chunk[lo:hi])
-            arena.publish(REDUCED, round_)
-            arena.wait(REDUCED, round_, arena.peers, deadline, "allreduce")
-            for owner in arena.peers:
-                lo, hi = _bounds(count, size, owner)
-                chunk[lo:hi].copy_(slots[owner][lo:hi])
-        arena.publish(RELEASED, round_)
+        _allreduce_round(arena, flat[start : start + step], op, deadline)
+
+
+def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline: Deadline) -> None:
+    """One round of :func:`allreduce`: ``chunk`` fits a slot."""
+    rank, size, count, dtype = arena.rank, arena.size, chunk.numel(), chunk.dtype
+    round_ = arena.start_round(deadline, "allreduce")
+    parts = arena.views(round_, dtype, count)
+    parts[rank].copy_(chunk)
+    arena.publish(POSTED, round_)
+    arena.wait(POSTED, round_, arena.peers, deadline, "allreduce")
+    if count * dtype.itemsize < SLICE_MIN_BYTES or count < size:
+        _combine(op, chunk, parts)
+    else:
+        lo, hi = _bounds(count, size, rank)
+        _combine(op, chunk[lo:hi], [part[lo:hi] for part in parts])
+        parts[rank][lo:hi].copy_(chunk[lo:hi])
+        arena.publish(REDUCED, round_)
+        arena.wait(REDUCED, round_, arena.peers, deadline, "allreduce")
+        for owner in arena.peers:
+            lo, hi = _bounds(count, size, owner)
+            chunk[lo:hi].copy_(parts[owner][lo:hi])
+    arena.publish(RELEASED, round_)
 
 
 def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline: Deadline) -> None:
@@ -141,12 +145,15 @@ def _post_blocks(
     round_: int,
     deadline: Deadline,
     what: str,
+    skip: int = -1,
 ) -> None:
-    """Put elements ``[start, start + count)`` of every block side by side in this rank's slot."""
+    """Put elements ``[start, start + count)`` of every block (but ``skip``) side by side in this
+    rank's slot, post the round and wait until every peer posted it too."""
     arena.claim(round_, deadline, what)
     mine = arena.typed(arena.rank, round_, blocks[0].dtype)
     for index, block in enumerate(blocks):
-        mine[index * count : (index + 1) * count].copy_(block[start : start + count])
+        if index != skip:
+            mine[index * count : (index + 1) * count].copy_(block[start : start + count])
     arena.publish(POSTED, round_)
     arena.wait(POSTED, round_, arena.peers, deadline, what)
 
@@ -186,7 +193,7 @@ def alltoall(
     for start in range(0, total, step):
         count = min(step, total - start)
         round_ = arena.next_round()
-        _post_blocks(arena, blocks, start, count, round_, deadline, "alltoall")
+        _post_blocks(arena, blocks, start, count, round_, deadline, "alltoall", skip=rank)
         lo, hi = rank * count, (rank + 1) * count
         for owner in arena.peers:
             outs[owner][start : start + count].copy_(arena.typed(owner, round_, dtype)[lo:hi])

@@ -58,6 +58,9 @@ from .work import Work
 Body = Callable[[OpContext], None]
 
 
+_ZERO = timedelta(0)
+
+
 def _future_value(outputs: list) -> Any:
     """What torch puts in a Work's future: one output list as is, several as a list of lists."""
     if not outputs:
@@ -180,7 +183,10 @@ class ProcessGroup:
     # -- running operations -------------------------------------------------------------------
     def _op_seconds(self, opts: object) -> float:
         timeout = getattr(opts, "timeout", None)
-        if timeout is None or (isinstance(timeout, timedelta) and timeout < timedelta(0)):
+        if timeout is None or (isinstance(timeout, timedelta) and timeout < _ZERO):
+            default = self.options._timeout
+            if isinstance(default, timedelta):
+                return default.total_seconds()
             return self._default_timeout().total_seconds()
         return to_timedelta(timeout).total_seconds()
 
@@ -207,7 +213,7 @@ class ProcessGroup:
         )
         try:
             try:
-                with torch.inference_mode():
+                with torch._C._InferenceMode(True):  # torch.inference_mode(), minus its overhead
                     body(ctx)
             except BaseException:
                 if self._arena is not None and self._arena.holder == seq:
@@ -270,7 +276,7 @@ class ProcessGroup:
     def _reduce_locally(self, tensors: Sequence[torch.Tensor], op: object) -> torch.Tensor:
         """One contiguous 1-D buffer holding the reduction of this rank's tensors."""
         if len(tensors) == 1 and tensors[0].is_contiguous():
-            return tensors[0].view(-1)
+            return tensors[0] if tensors[0].dim() == 1 else tensors[0].view(-1)
         acc = tensors[0].contiguous().view(-1).clone()
         for tensor in tensors[1:]:
             reduce_into(op, acc, flat_contiguous(tensor))
@@ -382,6 +388,12 @@ class ProcessGroup:
         per_rank = len(input_tensors)
 
         def body(ctx: OpContext) -> None:
+            if per_rank == 1 and len(output_tensors) == 1:
+                outputs = output_tensors[0]
+                if all(t.is_contiguous() for t in outputs):  # straight into the outputs
+                    flat_outputs = [t.view(-1) for t in outputs]
+                    exchange.allgather(ctx, flat_contiguous(input_tensors[0]), flat_outputs)
+                    return
             send = torch.cat([t.reshape(-1) for t in input_tensors])
             gathered = torch.empty(send.numel() * ctx.size, dtype=send.dtype)
             exchange.allgather(ctx, send, list(torch.tensor_split(gathered, ctx.size)))

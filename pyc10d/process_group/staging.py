@@ -21,6 +21,17 @@ def is_host(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
+def _any_off_host(values: Any) -> bool:
+    """True if any tensor in ``values`` (nested lists and tuples) lives off the host."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if not value.is_cpu:
+                return True
+        elif isinstance(value, (list, tuple)) and _any_off_host(value):
+            return True
+    return False
+
+
 def _to_host(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     """``value`` with every non-host tensor replaced by a CPU copy (recorded in ``pairs``)."""
     if isinstance(value, torch.Tensor):
@@ -72,6 +83,8 @@ def staged_on_host(method: Callable[..., Work]) -> Callable[..., Work]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Work:
+        if not _any_off_host(args) and not _any_off_host(kwargs.values()):
+            return method(self, *args, **kwargs)
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         host_args = _to_host(list(args), pairs)
         host_kwargs = {name: _to_host(value, pairs) for name, value in kwargs.items()}

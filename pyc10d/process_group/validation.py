@@ -176,7 +176,7 @@ def check_dense(name: str, tensors: Tensors) -> None:
 def _check_cpu(name: str, tensors: Tensors) -> None:
     """``unsupported device type <type>`` for a tensor that is not on the CPU."""
     for t in tensors:
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             fail(name, f"unsupported device type {t.device.type}")
 
 

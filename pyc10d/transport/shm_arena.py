@@ -48,6 +48,8 @@ POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines
 CONTROL_BYTES = 4096
 SLOT_BYTES = 4 * 1024 * 1024
 ROUND_BITS = 24
+VIEW_CACHE_MAX_BYTES = 64 * 1024  # slot views of at most this size are kept for reuse
+VIEW_CACHE_ENTRIES = 256
 BLOCK_MS = 2  # the longest block on the doorbell before looking again
 _FENCE = threading.Lock()  # acquiring a lock is a locked instruction: a full memory fence
 
@@ -95,6 +97,7 @@ class ShmArena:
         self._control: list[memoryview] = []
         self._slots: list[list[torch.Tensor]] = []
         self._typed: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+        self._views: dict[tuple[int, torch.dtype, int], list[torch.Tensor]] = {}
         self._bells: list[bytes] = []
         self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._bell.setblocking(False)
@@ -178,6 +181,25 @@ class ShmArena:
             view = self._typed[key] = self._slots[owner][round_ & 1].view(dtype)
         return view
 
+    def views(self, round_: int, dtype: torch.dtype, count: int) -> list[torch.Tensor]:
+        """The first ``count`` elements of every rank's slot for ``round_``, in rank order
+        (small ones are cached: slicing costs more than a small collective's copies)."""
+        key = (round_ & 1, dtype, count)
+        views = self._views.get(key)
+        if views is None:
+            views = [self.typed(owner, round_, dtype)[:count] for owner in range(self.size)]
+            if count * dtype.itemsize <= VIEW_CACHE_MAX_BYTES:
+                if len(self._views) >= VIEW_CACHE_ENTRIES:
+                    self._views.clear()
+                self._views[key] = views
+        return views
+
+    def start_round(self, deadline: Deadline, what: str) -> int:
+        """The next round, with this rank's slot for it claimed (see :meth:`claim`)."""
+        self.round += 1
+        self.claim(self.round, deadline, what)
+        return self.round
+
     def claim(self, round_: int, deadline: Deadline, what: str) -> torch.Tensor:
         """This rank's slot for ``round_``, once every peer is done reading its previous use."""
         parity = round_ & 1
@@ -257,6 +279,7 @@ class ShmArena:
         self._closed = True
         self._slots = []
         self._typed = {}
+        self._views = {}
         for view in self._control:
             view.release()
         self._control = []
