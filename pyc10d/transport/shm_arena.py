@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import secrets
 import select
@@ -33,7 +34,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.shared_memory import SharedMemory
 
 import torch
 
@@ -41,7 +41,6 @@ from .._timeouts import Deadline, format_ms
 from ..errors import DistBackendError, DistStoreError
 from ..store import PrefixStore, Store
 from .base import TransportTimeout
-from .shm_ring import untrack
 from .shm_setup import same_host_peers
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
@@ -50,6 +49,7 @@ SLOT_BYTES = 4 * 1024 * 1024
 ROUND_BITS = 24
 VIEW_CACHE_MAX_BYTES = 64 * 1024  # slot views of at most this size are kept for reuse
 VIEW_CACHE_ENTRIES = 256
+SHM_DIR = "/dev/shm/"
 BLOCK_MS = 2  # the longest block on the doorbell before looking again
 _FENCE = threading.Lock()  # acquiring a lock is a locked instruction: a full memory fence
 
@@ -93,7 +93,7 @@ class ShmArena:
         self._closed = False
         self._spin = _spin_seconds(world_size)
         self._last_use = [0, 0]  # the round that last wrote each of this rank's slots
-        self._segments: list[SharedMemory | None] = [None] * world_size
+        self._segments: list[Segment | None] = [None] * world_size
         self._control: list[memoryview] = []
         self._slots: list[list[torch.Tensor]] = []
         self._typed: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
@@ -114,8 +114,7 @@ class ShmArena:
         nonce = secrets.token_hex(6)
         self._bell.bind(f"\0pyc10d-{nonce}-arena-r{self.rank}".encode())
         size = CONTROL_BYTES + 2 * self.slot_bytes
-        own = SharedMemory(f"pyc10d-{nonce}-arena-r{self.rank}", create=True, size=size)
-        untrack(own)
+        own = Segment.create(f"pyc10d-{nonce}-arena-r{self.rank}", size)
         self._segments[self.rank] = own
         try:
             info = {"seg": own.name, "bell": self._bell.getsockname().hex()}
@@ -123,8 +122,7 @@ class ShmArena:
             _wait(store, [f"seg/{p}" for p in self.peers], deadline, self.rank, "segments")
             infos = {p: json.loads(store.get(f"seg/{p}")) for p in self.peers}
             for peer, peer_info in infos.items():
-                segment = SharedMemory(peer_info["seg"])
-                untrack(segment)
+                segment = Segment.attach(peer_info["seg"])
                 self._segments[peer] = segment
                 if segment.size < size:
                     raise DistBackendError(
@@ -134,7 +132,7 @@ class ShmArena:
             store.set(f"att/{self.rank}", "1")
             _wait(store, [f"att/{p}" for p in self.peers], deadline, self.rank, "peers to map")
         finally:
-            _unlink(own)
+            own.unlink()
         for owner, segment in enumerate(self._segments):
             assert segment is not None
             self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
@@ -287,7 +285,7 @@ class ShmArena:
             if segment is None:
                 continue
             if index == self.rank:
-                _unlink(segment)
+                segment.unlink()
             try:
                 segment.close()
             except BufferError:  # a tensor over it is still alive: leave it mapped
@@ -296,12 +294,51 @@ class ShmArena:
         self._bell.close()
 
 
-def _unlink(segment: SharedMemory) -> None:
-    """Remove ``segment``'s name from /dev/shm (mappings stay valid); idempotent."""
-    try:
-        os.unlink(f"/dev/shm/{segment.name.lstrip('/')}")
-    except FileNotFoundError:
-        pass
+class Segment:
+    """A named POSIX shared-memory segment (a file in /dev/shm), mapped read-write.
+
+    Made with plain ``os`` calls rather than ``multiprocessing.shared_memory``, whose resource
+    tracker is shared by the ranks a launcher started and races when several of them register
+    and unregister one name; pyc10d unlinks its segments itself.
+    """
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        try:
+            self.size = os.fstat(fd).st_size
+            self._map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._map)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Segment:
+        """Create and map a new zero-filled segment of ``size`` bytes."""
+        fd = os.open(SHM_DIR + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            os.unlink(SHM_DIR + name)
+            raise
+        return cls(name, fd)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Map the existing segment ``name``."""
+        return cls(name, os.open(SHM_DIR + name, os.O_RDWR))
+
+    def unlink(self) -> None:
+        """Remove the segment's name (mappings stay valid); idempotent."""
+        try:
+            os.unlink(SHM_DIR + self.name)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Unmap; BufferError while a tensor over the memory is still alive."""
+        self.buf.release()
+        self._map.close()
 
 
 def _wait(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
