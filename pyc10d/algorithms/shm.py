@@ -19,7 +19,7 @@ import torch
 
 from .._timeouts import Deadline
 from ..process_group.reduce_op import ReduceOp
-from ..transport.shm_arena import POSTED, REDUCED, RELEASED, ShmArena
+from ..transport.shm_arena import REDUCED, RELEASED, ShmArena
 from .reduction import reduce_into
 
 SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks
@@ -50,6 +50,7 @@ def _bounds(count: int, parts: int, index: int) -> tuple[int, int]:
 
 def allreduce(arena: ShmArena, flat: torch.Tensor, op: object, deadline: Deadline) -> None:
     """Reduce the contiguous 1-D ``flat`` across the group in place."""
+    arena.expect("allreduce", flat.dtype, flat.numel())
     step = _elements_per_round(arena, flat.dtype)
     if flat.numel() <= step:
         _allreduce_round(arena, flat, op, deadline)
@@ -64,8 +65,8 @@ def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline:
     round_ = arena.start_round(deadline, "allreduce")
     parts = arena.views(round_, dtype, count)
     parts[rank].copy_(chunk)
-    arena.publish(POSTED, round_)
-    arena.wait(POSTED, round_, arena.peers, deadline, "allreduce")
+    arena.post(round_)
+    arena.wait_posted(round_, arena.peers, deadline, "allreduce")
     if count * dtype.itemsize < SLICE_MIN_BYTES or count < size:
         _combine(op, chunk, parts)
     else:
@@ -83,6 +84,7 @@ def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline:
 def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline: Deadline) -> None:
     """Reduce ``flat`` onto ``root`` in place there (the others' ``flat`` is left as it was)."""
     dtype = flat.dtype
+    arena.expect("reduce", dtype, flat.numel())
     step = _elements_per_round(arena, dtype)
     for start in range(0, flat.numel(), step):
         chunk = flat[start : start + step]
@@ -90,9 +92,9 @@ def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline:
         round_ = arena.next_round()
         arena.claim(round_, deadline, "reduce")
         arena.typed(arena.rank, round_, dtype)[:count].copy_(chunk)
-        arena.publish(POSTED, round_)
+        arena.post(round_)
         if arena.rank == root:
-            arena.wait(POSTED, round_, arena.peers, deadline, "reduce")
+            arena.wait_posted(round_, arena.peers, deadline, "reduce")
             slots = [arena.typed(owner, round_, dtype)[:count] for owner in range(arena.size)]
             _combine(op, chunk, slots)
         arena.publish(RELEASED, round_)
@@ -100,6 +102,7 @@ def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline:
 
 def broadcast(arena: ShmArena, flat: torch.Tensor, root: int, deadline: Deadline) -> None:
     """Copy ``root``'s contiguous ``flat`` into every rank's ``flat``."""
+    arena.expect("broadcast", flat.dtype, flat.numel())
     data = flat.view(-1).view(torch.uint8)
     step = arena.slot_bytes
     for start in range(0, data.numel(), step):
@@ -108,9 +111,9 @@ def broadcast(arena: ShmArena, flat: torch.Tensor, root: int, deadline: Deadline
         if arena.rank == root:
             arena.claim(round_, deadline, "broadcast")
             arena.slot(root, round_)[: chunk.numel()].copy_(chunk)
-            arena.publish(POSTED, round_)
+            arena.post(round_)
         else:
-            arena.wait(POSTED, round_, (root,), deadline, "broadcast")
+            arena.wait_posted(round_, (root,), deadline, "broadcast")
             chunk.copy_(arena.slot(root, round_)[: chunk.numel()])
         arena.publish(RELEASED, round_)
 
@@ -120,6 +123,7 @@ def allgather(
 ) -> None:
     """Every rank's contiguous ``send`` lands in ``recv[rank]`` on every rank."""
     dtype = send.dtype
+    arena.expect("allgather", dtype, send.numel())
     step = _elements_per_round(arena, dtype)
     recv[arena.rank].copy_(send.view_as(recv[arena.rank]))
     flat_recv = [r.view(-1) for r in recv]
@@ -129,8 +133,8 @@ def allgather(
         round_ = arena.next_round()
         arena.claim(round_, deadline, "allgather")
         arena.typed(arena.rank, round_, dtype)[:count].copy_(send[start : start + count])
-        arena.publish(POSTED, round_)
-        arena.wait(POSTED, round_, arena.peers, deadline, "allgather")
+        arena.post(round_)
+        arena.wait_posted(round_, arena.peers, deadline, "allgather")
         for owner in arena.peers:
             part = arena.typed(owner, round_, dtype)[:count]
             flat_recv[owner][start : start + count].copy_(part)
@@ -154,8 +158,8 @@ def _post_blocks(
     for index, block in enumerate(blocks):
         if index != skip:
             mine[index * count : (index + 1) * count].copy_(block[start : start + count])
-    arena.publish(POSTED, round_)
-    arena.wait(POSTED, round_, arena.peers, deadline, what)
+    arena.post(round_)
+    arena.wait_posted(round_, arena.peers, deadline, what)
 
 
 def reduce_scatter(
@@ -169,6 +173,7 @@ def reduce_scatter(
     blocks = [s.reshape(-1) for s in send]
     out = recv.view(-1)
     total, dtype, rank = out.numel(), recv.dtype, arena.rank
+    arena.expect("reduce_scatter", dtype, total)
     step = _elements_per_round(arena, dtype, arena.size)
     for start in range(0, total, step):
         count = min(step, total - start)
@@ -189,6 +194,7 @@ def alltoall(
     rank = arena.rank
     outs[rank].copy_(blocks[rank])
     total, dtype = outs[rank].numel(), outs[rank].dtype
+    arena.expect("alltoall", dtype, total)
     step = _elements_per_round(arena, dtype, arena.size)
     for start in range(0, total, step):
         count = min(step, total - start)
@@ -202,7 +208,8 @@ def alltoall(
 
 def barrier(arena: ShmArena, deadline: Deadline) -> None:
     """Return once every rank has entered the barrier."""
-    round_ = arena.next_round()
-    arena.publish(POSTED, round_)
-    arena.wait(POSTED, round_, arena.peers, deadline, "barrier")
+    arena.expect("barrier", torch.uint8, 0)
+    round_ = arena.start_round(deadline, "barrier")  # claimed: peers may still read its signature
+    arena.post(round_)
+    arena.wait_posted(round_, arena.peers, deadline, "barrier")
     arena.publish(RELEASED, round_)

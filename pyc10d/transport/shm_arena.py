@@ -8,6 +8,7 @@ no helper thread. A segment is a control block plus two staging slots::
     [64]    REDUCED:  last round whose reduced slice lies in its slot
     [128]   RELEASED: last round whose peers' slots this rank has finished reading
     [192]   SLEEPING: nonzero while this rank is blocked on its doorbell
+    [256]   SIGNATURE of slot 0, [320] of slot 1: collective, dtype and element count
     [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
 
 Counters are u64 on their own cache lines and only ever grow. A round is
@@ -44,6 +45,7 @@ from .base import TransportTimeout
 from .shm_setup import same_host_peers
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
+SIGNATURE = 32  # u64 at SIGNATURE + 8 * parity: what the collective posting in that slot is
 CONTROL_BYTES = 4096
 SLOT_BYTES = 4 * 1024 * 1024
 ROUND_BITS = 24
@@ -93,6 +95,7 @@ class ShmArena:
         self._closed = False
         self._spin = _spin_seconds(world_size)
         self._last_use = [0, 0]  # the round that last wrote each of this rank's slots
+        self._signature = 0
         self._segments: list[Segment | None] = [None] * world_size
         self._control: list[memoryview] = []
         self._slots: list[list[torch.Tensor]] = []
@@ -205,6 +208,31 @@ class ShmArena:
         self._last_use[parity] = round_
         return self._slots[self.rank][parity]
 
+    # -- what the ranks post must agree ----------------------------------------------------------
+    def expect(self, kind: str, dtype: torch.dtype, numel: int) -> None:
+        """Declare the collective about to run; a peer posting a different one is an error."""
+        code = DTYPES.index(dtype) if dtype in DTYPES else 0xFF
+        self._signature = (KINDS.index(kind) << 56) | (code << 48) | (numel & NUMEL_MASK)
+
+    def post(self, round_: int) -> None:
+        """Publish that this rank's slot holds its part of ``round_`` (and what it posted)."""
+        self._control[self.rank][SIGNATURE + 8 * (round_ & 1)] = self._signature
+        self.publish(POSTED, round_)
+
+    def wait_posted(self, round_: int, peers: Sequence[int], deadline: Deadline, what: str) -> None:
+        """Wait until ``peers`` posted ``round_``; DistBackendError if one posted another
+        collective (a different operation, dtype or size than this rank's)."""
+        self.wait(POSTED, round_, peers, deadline, what)
+        slot = SIGNATURE + 8 * (round_ & 1)
+        for peer in peers:
+            theirs = self._control[peer][slot]
+            if theirs != self._signature:
+                raise DistBackendError(
+                    f"rank {self.rank} ran {_describe(self._signature)} but rank {peer} ran "
+                    f"{_describe(theirs)} as the same collective: every rank must call the "
+                    "same collectives, in the same order, with the same tensor sizes"
+                )
+
     # -- signalling -----------------------------------------------------------------------------
     def publish(self, counter: int, round_: int) -> None:
         """Set this rank's ``counter`` to ``round_`` and wake peers that are blocked."""
@@ -292,6 +320,22 @@ class ShmArena:
                 pass
             self._segments[index] = None
         self._bell.close()
+
+
+KINDS = ("", "allreduce", "reduce", "broadcast", "allgather", "reduce_scatter", "alltoall")
+KINDS += ("barrier",)
+DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16)
+DTYPES += (torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+DTYPES += (torch.bool,)
+NUMEL_MASK = (1 << 48) - 1
+
+
+def _describe(signature: int) -> str:
+    """``allreduce of 1024 float32`` for a signature made by :meth:`ShmArena.expect`."""
+    kind, dtype = signature >> 56, (signature >> 48) & 0xFF
+    kind_name = KINDS[kind] if kind < len(KINDS) else f"collective #{kind}"
+    dtype_name = str(DTYPES[dtype]).removeprefix("torch.") if dtype < len(DTYPES) else "?"
+    return f"{kind_name} of {signature & NUMEL_MASK} {dtype_name}"
 
 
 class Segment:
