@@ -38,11 +38,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._timeouts import Deadline, format_ms
-from ..errors import DistBackendError, DistStoreError
+from .._timeouts import Deadline
+from ..errors import DistBackendError
 from ..store import PrefixStore, Store
 from .base import TransportTimeout
-from .shm_setup import same_host_peers
+from .shm_setup import same_host_peers, wait_for_keys
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
 SIGNATURE = 32  # u64 at SIGNATURE + 8 * parity: what the collective posting in that slot is
@@ -122,7 +122,8 @@ class ShmArena:
         try:
             info = {"seg": own.name, "bell": self._bell.getsockname().hex()}
             store.set(f"seg/{self.rank}", json.dumps(info))
-            _wait(store, [f"seg/{p}" for p in self.peers], deadline, self.rank, "segments")
+            keys = [f"seg/{p}" for p in self.peers]
+            wait_for_keys(store, keys, deadline, self.rank, "peers' arena segments")
             infos = {p: json.loads(store.get(f"seg/{p}")) for p in self.peers}
             for peer, peer_info in infos.items():
                 segment = Segment.attach(peer_info["seg"])
@@ -133,7 +134,8 @@ class ShmArena:
                         f"expected {size} (ranks disagree on the slot size)"
                     )
             store.set(f"att/{self.rank}", "1")
-            _wait(store, [f"att/{p}" for p in self.peers], deadline, self.rank, "peers to map")
+            keys = [f"att/{p}" for p in self.peers]
+            wait_for_keys(store, keys, deadline, self.rank, "peers to map the arena")
         finally:
             own.unlink()
         for owner, segment in enumerate(self._segments):
@@ -383,18 +385,6 @@ class Segment:
         """Unmap; BufferError while a tensor over the memory is still alive."""
         self.buf.release()
         self._map.close()
-
-
-def _wait(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
-    remaining = deadline.remaining()
-    try:
-        store.wait(keys, 0 if math.isinf(remaining) else max(remaining, 0.001))
-    except DistStoreError as exc:
-        absent = [k for k in keys if not store.check([k])]
-        raise DistBackendError(
-            f"shared-memory arena setup on rank {rank} timed out after "
-            f"{format_ms(deadline.seconds)} waiting for peers' {what} ({absent})"
-        ) from exc
 
 
 def single_host(store: Store, rank: int, world_size: int, timeout: float) -> bool:

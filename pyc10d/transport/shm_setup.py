@@ -38,7 +38,8 @@ def host_identity() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
-def _wait(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
+def wait_for_keys(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:
+    """Wait for ``keys`` until ``deadline``; DistBackendError naming the absent ones."""
     remaining = deadline.remaining()
     try:
         store.wait(keys, 0 if math.isinf(remaining) else max(remaining, 0.001))
@@ -55,7 +56,7 @@ def same_host_peers(store: Store, rank: int, world_size: int, deadline: Deadline
     me = host_identity()
     store.set(HOST_KEY.format(rank), me)
     keys = [HOST_KEY.format(p) for p in range(world_size)]
-    _wait(store, keys, deadline, rank, "host identities")
+    wait_for_keys(store, keys, deadline, rank, "host identities")
     ids = [v.decode() for v in store.multi_get(keys)]
     return [p for p in range(world_size) if p != rank and ids[p] == me]
 
@@ -81,14 +82,14 @@ class ShmSetup:
             names[src] = name
         info = {"bell": bell.getsockname().hex(), "segs": {str(k): v for k, v in names.items()}}
         store.set(SEG_KEY.format(rank), json.dumps(info))
-        _wait(store, [SEG_KEY.format(p) for p in peers], deadline, rank, "peers' segments")
+        wait_for_keys(store, [SEG_KEY.format(p) for p in peers], deadline, rank, "peers' segments")
         for dst in peers:
             theirs = json.loads(store.get(SEG_KEY.format(dst)))
             ring = Ring.attach(theirs["segs"][str(rank)])
             self.outgoing[dst] = (ring, bytes.fromhex(theirs["bell"]))
             store.set(ATTACHED_KEY.format(dst, rank), "1")
         keys = [ATTACHED_KEY.format(rank, p) for p in peers]
-        _wait(store, keys, deadline, rank, "peers to attach")
+        wait_for_keys(store, keys, deadline, rank, "peers to attach")
         for ring in self.incoming.values():
             ring.unlink()
 
