@@ -53,17 +53,9 @@ def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) 
         ctx.recv(peer, 0, recv[peer])
 
 
-def alltoall(
-    ctx: OpContext,
-    send: Sequence[torch.Tensor],
-    recv: Sequence[torch.Tensor],
-    even: bool = False,
-) -> None:
-    """``send[j]`` of rank i lands in ``recv[i]`` of rank j.
-
-    ``even`` says every block of every rank has the same size (the caller knows it for all ranks).
-    """
-    arena = ctx.shm() if even and ctx.size > 1 and recv[0].numel() else None
+def alltoall(ctx: OpContext, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+    """``send[j]`` of rank i lands in ``recv[i]`` of rank j (blocks of any sizes)."""
+    arena = ctx.shm() if ctx.size > 1 else None
     if arena is not None:
         shm.alltoall(arena, send, recv, ctx.deadline)
         return

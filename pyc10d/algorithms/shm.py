@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from .._timeouts import Deadline
+from ..errors import DistBackendError
 from ..process_group.reduce_op import ReduceOp
-from ..transport.shm_arena import REDUCED, RELEASED, ShmArena
+from ..transport.shm_arena import RELEASED, ShmArena
 from .reduction import reduce_into
 
 SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks
@@ -73,8 +74,8 @@ def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline:
         lo, hi = _bounds(count, size, rank)
         _combine(op, chunk[lo:hi], [part[lo:hi] for part in parts])
         parts[rank][lo:hi].copy_(chunk[lo:hi])
-        arena.publish(REDUCED, round_)
-        arena.wait(REDUCED, round_, arena.peers, deadline, "allreduce")
+        arena.post_reduced(round_)
+        arena.wait_reduced(round_, arena.peers, deadline, "allreduce")
         for owner in arena.peers:
             lo, hi = _bounds(count, size, owner)
             chunk[lo:hi].copy_(parts[owner][lo:hi])
@@ -149,15 +150,13 @@ def _post_blocks(
     round_: int,
     deadline: Deadline,
     what: str,
-    skip: int = -1,
 ) -> None:
-    """Put elements ``[start, start + count)`` of every block (but ``skip``) side by side in this
-    rank's slot, post the round and wait until every peer posted it too."""
+    """Put elements ``[start, start + count)`` of every block side by side in this rank's slot,
+    post the round and wait until every peer posted it too."""
     arena.claim(round_, deadline, what)
     mine = arena.typed(arena.rank, round_, blocks[0].dtype)
     for index, block in enumerate(blocks):
-        if index != skip:
-            mine[index * count : (index + 1) * count].copy_(block[start : start + count])
+        mine[index * count : (index + 1) * count].copy_(block[start : start + count])
     arena.post(round_)
     arena.wait_posted(round_, arena.peers, deadline, what)
 
@@ -185,24 +184,61 @@ def reduce_scatter(
         arena.publish(RELEASED, round_)
 
 
+def _exchange_counts(
+    arena: ShmArena, counts: list[int], deadline: Deadline, what: str
+) -> list[list[int]]:
+    """Every rank's ``counts`` (one per rank), as rows in rank order: one round."""
+    round_ = arena.start_round(deadline, what)
+    arena.typed(arena.rank, round_, torch.int64)[: arena.size].copy_(torch.tensor(counts))
+    arena.post(round_)
+    arena.wait_posted(round_, arena.peers, deadline, what)
+    rows = [
+        arena.typed(owner, round_, torch.int64)[: arena.size].tolist()
+        for owner in range(arena.size)
+    ]
+    arena.publish(RELEASED, round_)
+    return rows
+
+
 def alltoall(
     arena: ShmArena, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor], deadline: Deadline
 ) -> None:
-    """``send[j]`` of rank i lands in ``recv[i]`` of rank j (every block the same size)."""
+    """``send[j]`` of rank i lands in ``recv[i]`` of rank j; blocks may differ in size.
+
+    A first round shares every rank's block sizes, so that all ranks agree on the data rounds
+    (and a block whose size its receiver does not expect is an error, not a hang).
+    """
     blocks = [s.reshape(-1) for s in send]
     outs = [r.view(-1) for r in recv]
-    rank = arena.rank
+    rank, size = arena.rank, arena.size
+    dtype = outs[rank].dtype
+    arena.expect("alltoall", dtype, size)
+    counts = _exchange_counts(arena, [b.numel() for b in blocks], deadline, "alltoall")
+    wrong = [q for q in arena.peers if counts[q][rank] != outs[q].numel()]
+    if wrong:
+        q = wrong[0]
+        raise DistBackendError(
+            f"rank {q} sends {counts[q][rank]} elements to rank {rank}, which expects "
+            f"{outs[q].numel()} (split sizes disagree)"
+        )
     outs[rank].copy_(blocks[rank])
-    total, dtype = outs[rank].numel(), outs[rank].dtype
-    arena.expect("alltoall", dtype, total)
-    step = _elements_per_round(arena, dtype, arena.size)
-    for start in range(0, total, step):
-        count = min(step, total - start)
-        round_ = arena.next_round()
-        _post_blocks(arena, blocks, start, count, round_, deadline, "alltoall", skip=rank)
-        lo, hi = rank * count, (rank + 1) * count
+    step = _elements_per_round(arena, dtype, size)
+    longest = max((counts[q][p] for q in range(size) for p in range(size) if q != p), default=0)
+    for start in range(0, longest, step):
+        round_ = arena.start_round(deadline, "alltoall")
+        mine = arena.typed(rank, round_, dtype)
+        for peer in arena.peers:
+            count = min(step, blocks[peer].numel() - start)
+            if count > 0:
+                offset = peer * step
+                mine[offset : offset + count].copy_(blocks[peer][start : start + count])
+        arena.post(round_)
+        arena.wait_posted(round_, arena.peers, deadline, "alltoall")
         for owner in arena.peers:
-            outs[owner][start : start + count].copy_(arena.typed(owner, round_, dtype)[lo:hi])
+            count = min(step, outs[owner].numel() - start)
+            if count > 0:
+                part = arena.typed(owner, round_, dtype)[rank * step : rank * step + count]
+                outs[owner][start : start + count].copy_(part)
         arena.publish(RELEASED, round_)
 
 

@@ -115,7 +115,7 @@ class ProcessGroup:
                 rank,
                 world_size,
                 self._default_timeout().total_seconds(),
-                lambda: transport.error,
+                getattr(transport, "peer_failure", lambda: transport.error),
             )
         except BaseException:
             transport.close()
@@ -583,10 +583,7 @@ class ProcessGroup:
             source = input.contiguous()
             sends = _split_rows(source, input_split_sizes, ctx.size)
             recvs = _split_rows(staged.buffer, output_split_sizes, ctx.size)
-            even = not output_split_sizes and not input_split_sizes  # the same on every rank
-            exchange.alltoall(
-                ctx, [t.reshape(-1) for t in sends], [t.view(-1) for t in recvs], even
-            )
+            exchange.alltoall(ctx, [t.reshape(-1) for t in sends], [t.view(-1) for t in recvs])
             staged.finish()
 
         return self._collective("alltoall_base", opts, [[output]], body)

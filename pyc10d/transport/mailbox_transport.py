@@ -70,6 +70,14 @@ class MailboxTransport(Transport):
         """The error that failed (or the close that ended) this transport; None while healthy."""
         return self._mb.error
 
+    def peer_failure(self) -> DistBackendError | None:
+        """The transport's error, else the goodbye of a peer that closed cleanly; None if every
+        peer is still there (the shared-memory arena ends its waits on this)."""
+        error = self._mb.error
+        if error is None and self._mb.closed:
+            error = next(iter(self._mb.closed.values()))
+        return error
+
     def __enter__(self) -> MailboxTransport:
         return self
 

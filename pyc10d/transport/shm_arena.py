@@ -9,6 +9,7 @@ no helper thread. A segment is a control block plus two staging slots::
     [128]   RELEASED: last round whose peers' slots this rank has finished reading
     [192]   SLEEPING: nonzero while this rank is blocked on its doorbell
     [256]   SIGNATURE of slot 0, [320] of slot 1: collective, dtype and element count
+    [384]   POSTED_ROUND of slot 0, [448] of slot 1; [512] REDUCED_ROUND of slot 0, [576] of 1
     [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
 
 Counters are u64 on their own cache lines and only ever grow. A round is
@@ -46,6 +47,8 @@ from .shm_setup import same_host_peers, wait_for_keys
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
 SIGNATURE = 32  # u64 at SIGNATURE + 8 * parity: what the collective posting in that slot is
+POSTED_ROUND = 48  # u64 at POSTED_ROUND + 8 * parity: the round whose input is in that slot
+REDUCED_ROUND = 64  # u64 at REDUCED_ROUND + 8 * parity: the round whose reduced slice it holds
 CONTROL_BYTES = 4096
 SLOT_BYTES = 4 * 1024 * 1024
 ROUND_BITS = 24
@@ -126,7 +129,13 @@ class ShmArena:
             wait_for_keys(store, keys, deadline, self.rank, "peers' arena segments")
             infos = {p: json.loads(store.get(f"seg/{p}")) for p in self.peers}
             for peer, peer_info in infos.items():
-                segment = Segment.attach(peer_info["seg"])
+                try:
+                    segment = Segment.attach(peer_info["seg"])
+                except FileNotFoundError:
+                    raise DistBackendError(
+                        f"rank {peer}'s shared-memory segment {peer_info['seg']} is gone: rank "
+                        f"{peer} gave up setting up the arena (did it time out or exit?)"
+                    ) from None
                 self._segments[peer] = segment
                 if segment.size < size:
                     raise DistBackendError(
@@ -157,15 +166,25 @@ class ShmArena:
 
     # -- rounds and slots -----------------------------------------------------------------------
     def begin(self, seq: int) -> None:
-        """Start collective number ``seq``: its rounds follow every earlier collective's."""
+        """Start collective number ``seq``: its rounds follow every earlier collective's.
+
+        Every earlier collective is over on this rank (they enter in issue order), so none of
+        their rounds will be read here any more: released, even those of a collective that
+        failed before it reached the arena.
+        """
         self.holder = seq
         self.round = max(self.round, seq << ROUND_BITS)
+        self._release_upto((seq << ROUND_BITS) - 1)
 
     def abandon(self) -> None:
         """Give up the current collective (it failed here): tell peers this rank reads none of
-        their slots any more, so a peer that arrives late is not kept from reusing them."""
+        its rounds any more, so a peer that arrives late is not kept from reusing its slots."""
         if not self._closed:
-            self.publish(RELEASED, self.round)
+            self._release_upto(((self.holder + 1) << ROUND_BITS) - 1)
+
+    def _release_upto(self, round_: int) -> None:
+        if self._control[self.rank][RELEASED] < round_:
+            self.publish(RELEASED, round_)
 
     def next_round(self) -> int:
         """The number of the next round (every rank counts rounds the same way)."""
@@ -218,13 +237,39 @@ class ShmArena:
 
     def post(self, round_: int) -> None:
         """Publish that this rank's slot holds its part of ``round_`` (and what it posted)."""
-        self._control[self.rank][SIGNATURE + 8 * (round_ & 1)] = self._signature
+        control, parity = self._control[self.rank], 8 * (round_ & 1)
+        control[SIGNATURE + parity] = self._signature
+        control[POSTED_ROUND + parity] = round_
         self.publish(POSTED, round_)
+
+    def post_reduced(self, round_: int) -> None:
+        """Publish that this rank's slot holds its reduced slice of ``round_``."""
+        self._control[self.rank][REDUCED_ROUND + 8 * (round_ & 1)] = round_
+        self.publish(REDUCED, round_)
+
+    def wait_reduced(
+        self, round_: int, peers: Sequence[int], deadline: Deadline, what: str
+    ) -> None:
+        """Wait until ``peers`` published their reduced slices of ``round_``."""
+        self.wait(REDUCED, round_, peers, deadline, what)
+        self._check_round(REDUCED_ROUND, round_, peers)
+
+    def _check_round(self, marker: int, round_: int, peers: Sequence[int]) -> None:
+        """DistBackendError unless every peer's slot holds ``round_`` (a peer that gave up on a
+        collective moves on, and its later rounds must not pass for this one's)."""
+        index = marker + 8 * (round_ & 1)
+        for peer in peers:
+            if self._control[peer][index] != round_:
+                raise DistBackendError(
+                    f"rank {peer} left collective #{round_ >> ROUND_BITS} without its part of "
+                    "it (it failed or timed out there)"
+                )
 
     def wait_posted(self, round_: int, peers: Sequence[int], deadline: Deadline, what: str) -> None:
         """Wait until ``peers`` posted ``round_``; DistBackendError if one posted another
         collective (a different operation, dtype or size than this rank's)."""
         self.wait(POSTED, round_, peers, deadline, what)
+        self._check_round(POSTED_ROUND, round_, peers)
         slot = SIGNATURE + 8 * (round_ & 1)
         for peer in peers:
             theirs = self._control[peer][slot]
