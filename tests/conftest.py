@@ -23,11 +23,13 @@ TRANSPORT_MODULES = {"test_process_group", "test_process_group_seed", "test_api_
 def pytest_generate_tests(metafunc):
     if metafunc.module.__name__ in TRANSPORT_MODULES:
         metafunc.fixturenames.append("pyc10d_transport")
-        metafunc.parametrize("pyc10d_transport", ["auto", "tcp"], indirect=True)
+        metafunc.parametrize("pyc10d_transport", ["auto", "tcp"])
 
 
-@pytest.fixture
-def pyc10d_transport(request, monkeypatch):
-    """Select ``PYC10D_TRANSPORT`` for the ranks the test spawns."""
-    monkeypatch.setenv("PYC10D_TRANSPORT", request.param)
-    return request.param
+@pytest.fixture(autouse=True)
+def _select_transport(request, monkeypatch):
+    """Set ``PYC10D_TRANSPORT`` for the ranks a transport-parametrized test spawns."""
+    callspec = getattr(request.node, "callspec", None)
+    mode = callspec.params.get("pyc10d_transport") if callspec is not None else None
+    if mode is not None:
+        monkeypatch.setenv("PYC10D_TRANSPORT", mode)

@@ -115,7 +115,7 @@ class ProcessGroup:
                 rank,
                 world_size,
                 self._default_timeout().total_seconds(),
-                getattr(transport, "peer_failure", lambda: transport.error),
+                getattr(transport, "peer_failure", lambda _peers: transport.error),
             )
         except BaseException:
             transport.close()

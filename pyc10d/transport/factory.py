@@ -53,12 +53,12 @@ def make_arena(
     rank: int,
     world_size: int,
     timeout: float,
-    failure: Callable[[], BaseException | None],
+    failure: Callable[[list[int]], BaseException | None],
 ) -> ShmArena | None:
     """The group's shared-memory arena, or None (``tcp`` mode, one rank, or several hosts).
 
-    Every rank must call this. ``failure`` reports the transport's error (a dead peer), which
-    ends the arena's waits.
+    Every rank must call this. ``failure(peers)`` reports the transport's error or the loss of
+    one of ``peers``, which ends the arena's waits for them.
     """
     mode = transport_mode()
     if mode == "tcp" or world_size == 1:

@@ -70,12 +70,12 @@ class MailboxTransport(Transport):
         """The error that failed (or the close that ended) this transport; None while healthy."""
         return self._mb.error
 
-    def peer_failure(self) -> DistBackendError | None:
-        """The transport's error, else the goodbye of a peer that closed cleanly; None if every
-        peer is still there (the shared-memory arena ends its waits on this)."""
+    def peer_failure(self, peers: Sequence[int]) -> DistBackendError | None:
+        """The transport's error, else the goodbye of one of ``peers`` that closed cleanly; None
+        while they are all there (the shared-memory arena ends its waits on this)."""
         error = self._mb.error
         if error is None and self._mb.closed:
-            error = next(iter(self._mb.closed.values()))
+            error = next((self._mb.closed[p] for p in peers if p in self._mb.closed), None)
         return error
 
     def __enter__(self) -> MailboxTransport:

@@ -83,7 +83,7 @@ class ShmArena:
         rank: int,
         world_size: int,
         timeout: float,
-        failure: Callable[[], BaseException | None] = lambda: None,
+        failure: Callable[[list[int]], BaseException | None] = lambda _peers: None,
         slot_bytes: int = SLOT_BYTES,
     ) -> None:
         if slot_bytes <= 0 or slot_bytes % 64:
@@ -320,7 +320,7 @@ class ShmArena:
         """Sleep on the doorbell once (at most BLOCK_MS) unless a condition ends the wait."""
         if self._closed:
             raise DistBackendError("the shared-memory arena has been closed")
-        failure = self._failure()
+        failure = self._failure(pending)
         if failure is not None:
             raise DistBackendError(str(failure))
         remaining = deadline.remaining()
