@@ -244,4 +244,5 @@ def test_console_script(out):
         timeout=40,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.split("\n")[:2]) == ["ok 0", "ok 1"]
+    lines = result.stdout.splitlines()
+    assert sorted(lines) == ["ok 0", "ok 1"], (result.stdout, result.stderr)
