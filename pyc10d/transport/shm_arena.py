@@ -7,7 +7,7 @@ no helper thread. A segment is a control block plus two staging slots::
     [0]     POSTED:   last round whose input this rank has put in its slot
     [64]    REDUCED:  last round whose reduced slice lies in its slot
     [128]   RELEASED: last round whose peers' slots this rank has finished reading
-    [192]   SLEEPING: nonzero while this rank is blocked on its doorbell
+    [192]   SLEEPING: while this rank is blocked on its doorbell, 1 + the counter it waits on
     [256]   SIGNATURE of slot 0, [320] of slot 1: collective, dtype and element count
     [384]   POSTED_ROUND of slot 0, [448] of slot 1; [512] REDUCED_ROUND of slot 0, [576] of 1
     [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
@@ -286,7 +286,7 @@ class ShmArena:
         self._control[self.rank][counter] = round_
         _fence()
         for peer in self.peers:
-            if self._control[peer][SLEEPING]:
+            if self._control[peer][SLEEPING] == counter + 1:  # it waits on this counter
                 try:
                     self._bell.sendto(b"!", self._bells[peer])
                 except OSError:
@@ -328,7 +328,7 @@ class ShmArena:
             ranks = ", ".join(map(str, pending))
             raise TransportTimeout(f"rank(s) {ranks} in shared-memory {what}", deadline.seconds)
         own = self._control[self.rank]
-        own[SLEEPING] = 1
+        own[SLEEPING] = counter + 1
         _fence()
         try:
             if any(self._control[p][counter] < round_ for p in pending):
