@@ -184,20 +184,9 @@ def reduce_scatter(
         arena.publish(RELEASED, round_)
 
 
-def _exchange_counts(
-    arena: ShmArena, counts: list[int], deadline: Deadline, what: str
-) -> list[list[int]]:
-    """Every rank's ``counts`` (one per rank), as rows in rank order: one round."""
-    round_ = arena.start_round(deadline, what)
-    arena.typed(arena.rank, round_, torch.int64)[: arena.size].copy_(torch.tensor(counts))
-    arena.post(round_)
-    arena.wait_posted(round_, arena.peers, deadline, what)
-    rows = [
-        arena.typed(owner, round_, torch.int64)[: arena.size].tolist()
-        for owner in range(arena.size)
-    ]
-    arena.publish(RELEASED, round_)
-    return rows
+def sizes_header_bytes(world_size: int) -> int:
+    """Bytes at the start of a slot holding a rank's alltoall block sizes (64-byte aligned)."""
+    return (world_size * 8 + 63) // 64 * 64
 
 
 def alltoall(
@@ -205,41 +194,58 @@ def alltoall(
 ) -> None:
     """``send[j]`` of rank i lands in ``recv[i]`` of rank j; blocks may differ in size.
 
-    A first round shares every rank's block sizes, so that all ranks agree on the data rounds
-    (and a block whose size its receiver does not expect is an error, not a hang).
+    The first round also carries every rank's block sizes (ahead of the data in its slot), so
+    that all ranks agree on how many rounds follow, and a block whose size its receiver does not
+    expect is an error rather than a hang.
     """
     blocks = [s.reshape(-1) for s in send]
     outs = [r.view(-1) for r in recv]
     rank, size = arena.rank, arena.size
     dtype = outs[rank].dtype
     arena.expect("alltoall", dtype, size)
-    counts = _exchange_counts(arena, [b.numel() for b in blocks], deadline, "alltoall")
-    wrong = [q for q in arena.peers if counts[q][rank] != outs[q].numel()]
-    if wrong:
-        q = wrong[0]
-        raise DistBackendError(
-            f"rank {q} sends {counts[q][rank]} elements to rank {rank}, which expects "
-            f"{outs[q].numel()} (split sizes disagree)"
-        )
     outs[rank].copy_(blocks[rank])
-    step = _elements_per_round(arena, dtype, size)
-    longest = max((counts[q][p] for q in range(size) for p in range(size) if q != p), default=0)
-    for start in range(0, longest, step):
+    header = sizes_header_bytes(size)
+    base = header // dtype.itemsize  # data starts after the sizes
+    step = (arena.slot_bytes - header) // (dtype.itemsize * size)
+    start, longest = 0, -1
+    while longest < 0 or start < longest:
         round_ = arena.start_round(deadline, "alltoall")
         mine = arena.typed(rank, round_, dtype)
+        if longest < 0:
+            sizes = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
+            arena.typed(rank, round_, torch.int64)[:size].copy_(sizes)
         for peer in arena.peers:
             count = min(step, blocks[peer].numel() - start)
             if count > 0:
-                offset = peer * step
+                offset = base + peer * step
                 mine[offset : offset + count].copy_(blocks[peer][start : start + count])
         arena.post(round_)
         arena.wait_posted(round_, arena.peers, deadline, "alltoall")
+        if longest < 0:
+            longest = _agreed_longest(arena, round_, outs)
         for owner in arena.peers:
             count = min(step, outs[owner].numel() - start)
             if count > 0:
-                part = arena.typed(owner, round_, dtype)[rank * step : rank * step + count]
+                offset = base + rank * step
+                part = arena.typed(owner, round_, dtype)[offset : offset + count]
                 outs[owner][start : start + count].copy_(part)
         arena.publish(RELEASED, round_)
+        start += step
+
+
+def _agreed_longest(arena: ShmArena, round_: int, outs: Sequence[torch.Tensor]) -> int:
+    """The longest block any rank sends another (from the sizes posted in ``round_``); raises
+    DistBackendError if a peer sends this rank a block of another size than it expects."""
+    size, rank = arena.size, arena.rank
+    rows = [arena.typed(owner, round_, torch.int64)[:size].tolist() for owner in range(size)]
+    for peer in arena.peers:
+        if rows[peer][rank] != outs[peer].numel():
+            arena.publish(RELEASED, round_)
+            raise DistBackendError(
+                f"rank {peer} sends {rows[peer][rank]} elements to rank {rank}, which expects "
+                f"{outs[peer].numel()} (split sizes disagree)"
+            )
+    return max((rows[q][p] for q in range(size) for p in range(size) if q != p), default=0)
 
 
 def barrier(arena: ShmArena, deadline: Deadline) -> None:

@@ -86,8 +86,12 @@ class ShmArena:
         failure: Callable[[list[int]], BaseException | None] = lambda _peers: None,
         slot_bytes: int = SLOT_BYTES,
     ) -> None:
-        if slot_bytes <= 0 or slot_bytes % 64:
-            raise ValueError(f"slot_bytes must be a positive multiple of 64, got {slot_bytes}")
+        least = (world_size * 8 + 63) // 64 * 64 + 16 * world_size  # alltoall's sizes + 1 item
+        if slot_bytes <= 0 or slot_bytes % 64 or slot_bytes < least:
+            raise ValueError(
+                f"slot_bytes must be a positive multiple of 64 and at least {least} for "
+                f"{world_size} ranks, got {slot_bytes}"
+            )
         self.rank = rank
         self.size = world_size
         self.slot_bytes = slot_bytes
