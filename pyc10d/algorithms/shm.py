@@ -13,6 +13,7 @@ messages. Small ones skip the second phase: every rank reduces the whole chunk i
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,17 @@ def _combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> No
         rest = parts[1:]
     for part in rest:
         reduce_into(op, out, part)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous ``tensor`` as a 1-D view (itself when it already is 1-D: views cost more
+    than small copies)."""
+    return tensor if tensor.dim() == 1 else tensor.view(-1)
+
+
+def _flat_input(tensor: torch.Tensor) -> torch.Tensor:
+    """An input ``tensor`` as 1-D (a contiguous copy when it is not contiguous)."""
+    return tensor if tensor.dim() == 1 and tensor.is_contiguous() else tensor.reshape(-1)
 
 
 def _elements_per_round(arena: ShmArena, dtype: torch.dtype, parts: int = 1) -> int:
@@ -127,8 +139,8 @@ def allgather(
     arena.expect("allgather", dtype, send.numel())
     step = _elements_per_round(arena, dtype)
     recv[arena.rank].copy_(send.view_as(recv[arena.rank]))
-    flat_recv = [r.view(-1) for r in recv]
-    send = send.view(-1)
+    flat_recv = [_flat(r) for r in recv]
+    send = _flat_input(send)
     for start in range(0, send.numel(), step):
         count = min(step, send.numel() - start)
         round_ = arena.next_round()
@@ -169,8 +181,8 @@ def reduce_scatter(
     deadline: Deadline,
 ) -> None:
     """Rank r ends with ``send[r]`` of every rank reduced (in rank order) into ``recv``."""
-    blocks = [s.reshape(-1) for s in send]
-    out = recv.view(-1)
+    blocks = [_flat_input(s) for s in send]
+    out = _flat(recv)
     total, dtype, rank = out.numel(), recv.dtype, arena.rank
     arena.expect("reduce_scatter", dtype, total)
     step = _elements_per_round(arena, dtype, arena.size)
@@ -198,8 +210,8 @@ def alltoall(
     that all ranks agree on how many rounds follow, and a block whose size its receiver does not
     expect is an error rather than a hang.
     """
-    blocks = [s.reshape(-1) for s in send]
-    outs = [r.view(-1) for r in recv]
+    blocks = [_flat_input(s) for s in send]
+    outs = [_flat(r) for r in recv]
     rank, size = arena.rank, arena.size
     dtype = outs[rank].dtype
     arena.expect("alltoall", dtype, size)
@@ -212,8 +224,7 @@ def alltoall(
         round_ = arena.start_round(deadline, "alltoall")
         mine = arena.typed(rank, round_, dtype)
         if longest < 0:
-            sizes = torch.tensor([b.numel() for b in blocks], dtype=torch.int64)
-            arena.typed(rank, round_, torch.int64)[:size].copy_(sizes)
+            arena.head(rank, round_)[:] = array("q", [b.numel() for b in blocks])
         for peer in arena.peers:
             count = min(step, blocks[peer].numel() - start)
             if count > 0:
@@ -237,7 +248,7 @@ def _agreed_longest(arena: ShmArena, round_: int, outs: Sequence[torch.Tensor]) 
     """The longest block any rank sends another (from the sizes posted in ``round_``); raises
     DistBackendError if a peer sends this rank a block of another size than it expects."""
     size, rank = arena.size, arena.rank
-    rows = [arena.typed(owner, round_, torch.int64)[:size].tolist() for owner in range(size)]
+    rows = [arena.head(owner, round_).tolist() for owner in range(size)]
     for peer in arena.peers:
         if rows[peer][rank] != outs[peer].numel():
             arena.publish(RELEASED, round_)

@@ -105,6 +105,7 @@ class ShmArena:
         self._signature = 0
         self._segments: list[Segment | None] = [None] * world_size
         self._control: list[memoryview] = []
+        self._heads: list[list[memoryview]] = []  # the first ``size`` int64s of every slot
         self._slots: list[list[torch.Tensor]] = []
         self._typed: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
         self._views: dict[tuple[int, torch.dtype, int], list[torch.Tensor]] = {}
@@ -154,6 +155,12 @@ class ShmArena:
         for owner, segment in enumerate(self._segments):
             assert segment is not None
             self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
+            self._heads.append(
+                [
+                    segment.buf[start : start + 8 * self.size].cast("q")
+                    for start in (CONTROL_BYTES, CONTROL_BYTES + self.slot_bytes)
+                ]
+            )
             self._slots.append(
                 [
                     torch.frombuffer(
@@ -219,6 +226,11 @@ class ShmArena:
                     self._views.clear()
                 self._views[key] = views
         return views
+
+    def head(self, owner: int, round_: int) -> memoryview:
+        """The first ``size`` int64 values of ``owner``'s slot for ``round_`` (small headers,
+        such as alltoall's block sizes, without a tensor's overhead)."""
+        return self._heads[owner][round_ & 1]
 
     def start_round(self, deadline: Deadline, what: str) -> int:
         """The next round, with this rank's slot for it claimed (see :meth:`claim`)."""
@@ -357,9 +369,10 @@ class ShmArena:
         self._slots = []
         self._typed = {}
         self._views = {}
-        for view in self._control:
+        for view in self._control + [v for pair in self._heads for v in pair]:
             view.release()
         self._control = []
+        self._heads = []
         for index, segment in enumerate(self._segments):
             if segment is None:
                 continue
