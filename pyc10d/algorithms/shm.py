@@ -102,8 +102,7 @@ def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline:
     for start in range(0, flat.numel(), step):
         chunk = flat[start : start + step]
         count = chunk.numel()
-        round_ = arena.next_round()
-        arena.claim(round_, deadline, "reduce")
+        round_ = arena.start_round(deadline, "reduce")
         arena.typed(arena.rank, round_, dtype)[:count].copy_(chunk)
         arena.post(round_)
         if arena.rank == root:
@@ -143,8 +142,7 @@ def allgather(
     send = _flat_input(send)
     for start in range(0, send.numel(), step):
         count = min(step, send.numel() - start)
-        round_ = arena.next_round()
-        arena.claim(round_, deadline, "allgather")
+        round_ = arena.start_round(deadline, "allgather")
         arena.typed(arena.rank, round_, dtype)[:count].copy_(send[start : start + count])
         arena.post(round_)
         arena.wait_posted(round_, arena.peers, deadline, "allgather")
