@@ -37,21 +37,21 @@ class Work:
 
     # -- completion (called by the engine) ------------------------------------------------------
     def _complete(self, value: Any) -> None:
-        with self._lock:
-            self._value = value
-            self._done = True
-            future = self._future
-        self._gate.release()
-        if future is not None:
-            future.set_result(value)
+        self._finish(value, None)
 
     def _fail(self, exc: BaseException) -> None:
+        self._finish(None, exc)
+
+    def _finish(self, value: Any, exc: BaseException | None) -> None:
         with self._lock:
-            self._exception = exc
-            self._done = True
+            self._value, self._exception, self._done = value, exc, True
             future = self._future
         self._gate.release()
-        if future is not None:
+        if future is None:
+            return
+        if exc is None:
+            future.set_result(value)
+        else:
             future.set_exception(exc)
 
     def _run_queued(self, run_here: bool = True) -> None:
