@@ -954,3 +954,40 @@ def async_mix(ctx, threads: int) -> int:
 def test_async_collectives_keep_issue_order(world_size, threads):
     results = run(async_mix, world_size, threads)
     assert len(set(results)) == 1
+
+
+# -- a group spanning hosts ------------------------------------------------------------------------
+def mixed_hosts(ctx) -> list:
+    """Ranks 0 and 1 share a (pretend) host, the last rank is on another: no arena; messages go
+    through shared-memory rings between 0 and 1 and over TCP to the other host."""
+    os.environ["PYC10D_HOST_ID"] = "host-a" if ctx.rank < 2 else "host-b"
+    pg, rank, size = make_pg(ctx), ctx.rank, ctx.world_size
+    assert pg._arena is None
+    shm_peers = list(pg._transport.shm_peers)
+    for numel in (5, 300_000):  # direct and ring allreduce
+        t = torch.arange(numel, dtype=torch.float64) + rank
+        pg.allreduce([t]).wait()
+        expected = torch.arange(numel, dtype=torch.float64) * size + sum(range(size))
+        assert torch.equal(t, expected), numel
+    t = torch.full((1000,), float(rank))
+    pg.broadcast([t], _root(size - 1)).wait()
+    assert torch.equal(t, torch.full((1000,), float(size - 1)))
+    outs = [torch.zeros(7) for _ in range(size)]
+    pg.allgather([outs], [torch.full((7,), float(rank))]).wait()
+    assert [o.unique().tolist() for o in outs] == [[float(r)] for r in range(size)]
+    src, dst = torch.arange(size * 3, dtype=torch.float32) + 100 * rank, torch.empty(size * 3)
+    pg.alltoall_base(dst, src, [], []).wait()
+    expected = torch.cat([torch.arange(3) + 3 * rank + 100 * r for r in range(size)])
+    assert torch.equal(dst, expected.float())
+    pg.shutdown()
+    return shm_peers
+
+
+def _root(root: int):
+    opts = o.BroadcastOptions()
+    opts.rootRank = root
+    return opts
+
+
+def test_group_spanning_hosts_mixes_shared_memory_and_tcp():
+    assert run(mixed_hosts, 3) == [[1], [0], []]

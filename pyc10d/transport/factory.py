@@ -1,8 +1,9 @@
 """Choosing a group's transport: ``PYC10D_TRANSPORT`` = ``auto`` (default), ``tcp`` or ``shm``.
 
 ``auto``: when every rank of the group runs on one host, collectives go through a shared-memory
-arena (:mod:`~pyc10d.transport.shm_arena`) and point-to-point messages over TCP; otherwise
-everything goes over TCP. ``tcp``: TCP only, so cross-host paths can be tested on one host.
+arena (:mod:`~pyc10d.transport.shm_arena`) and point-to-point messages over TCP; when the ranks
+span hosts, messages between ranks of one host go through shared-memory rings and the others
+over TCP (one group mixes both). ``tcp``: TCP only, so cross-host paths can be tested on one host.
 ``shm``: the arena, plus point-to-point messages over shared-memory rings; it fails unless every
 rank shares a host. Every rank of a group must use the same setting.
 """
@@ -41,10 +42,13 @@ def make_transport(
 ) -> Transport:
     """The transport of one rank of a group, as ``PYC10D_TRANSPORT`` selects (see module doc)."""
     mode = transport_mode()
-    if mode != "shm" or world_size == 1:
+    if mode == "tcp" or world_size == 1:
         return TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
+    if mode == "auto" and single_host(store, rank, world_size, timeout):
+        return TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
+    shm_peers = "all" if mode == "shm" else "auto"  # auto, several hosts: rings on each host
     return HybridTransport(
-        store, rank, world_size, timeout, bind_host, advertise_host, shm_peers="all"
+        store, rank, world_size, timeout, bind_host, advertise_host, shm_peers=shm_peers
     )
 
 

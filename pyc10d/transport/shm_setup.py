@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import socket
 
@@ -26,10 +27,18 @@ HOST_KEY = "shm/host/{}"
 SEG_KEY = "shm/seg/{}"
 ATTACHED_KEY = "shm/att/{}/{}"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+HOST_ID_ENV = "PYC10D_HOST_ID"
 
 
 def host_identity() -> str:
-    """This machine's identity: hostname and boot id (equal on one host, one boot)."""
+    """This machine's identity: hostname and boot id (equal on one host, one boot).
+
+    ``PYC10D_HOST_ID``, when set, replaces it: ranks of one machine that set different values
+    behave as if on different hosts (to test mixed groups on one machine).
+    """
+    override = os.environ.get(HOST_ID_ENV)
+    if override:
+        return override
     try:
         with open(BOOT_ID) as f:
             boot = f.read().strip()
