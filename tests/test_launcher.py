@@ -246,3 +246,31 @@ def test_console_script(out):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert sorted(lines) == ["ok 0", "ok 1"], (result.stdout, result.stderr)
+
+
+class _Recorder:
+    """A stand-in Console that records every write."""
+
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def test_pump_forwards_whole_lines_only():
+    """An unbuffered print writes its text and its newline apart: the pump must not forward the
+    text alone (another worker's line could land in between); a carriage return (progress bar)
+    and the end of the stream also flush. Pieces are fed one by one, as separate reads."""
+    from pyc10d.launcher.output import StreamPump
+
+    read_fd, write_fd = os.pipe()
+    console = _Recorder()
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        pump = StreamPump(pipe, console)
+        for piece in (b"ok 1", b"\n", b"10%", b"\r20%", b"\r", b"tail"):
+            pump._feed(piece)
+        pump._finish()
+    os.close(write_fd)
+    assert console.writes == [b"ok 1\n", b"10%\r", b"20%\r", b"tail"]
+    assert pump.tail() == ["ok 1", "10%\r20%\rtail"]  # the tail keeps lines as "\n" ends them

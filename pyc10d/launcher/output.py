@@ -1,7 +1,8 @@
 """Stream a worker's output to the console as it comes, keeping the tail of it for reports.
 
-A :class:`StreamPump` thread reads one pipe: it forwards each chunk at once (or, with a prefix,
-each complete line) to a :class:`Console` stream, and keeps the last lines in a ring buffer.
+A :class:`StreamPump` thread reads one pipe: it forwards complete lines (up to a newline or a
+carriage return, so progress bars still move), with an optional prefix, to a :class:`Console`
+stream, and keeps the last lines in a ring buffer.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class StreamPump(threading.Thread):
         self._prefix = prefix
         self._tail: deque[bytes] = deque(maxlen=tail_lines)
         self._partial = b""  # bytes after the last newline (tail and prefixed output)
+        self._unsent = b""  # unprefixed output not yet forwarded (an unfinished line)
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -98,7 +100,15 @@ class StreamPump(threading.Thread):
 
     def _feed(self, chunk: bytes) -> None:
         if self._console is not None and not self._prefix:
-            self._console.write(chunk)
+            # whole lines only (up to the last newline or carriage return), so that two workers'
+            # lines never interleave mid-line: an unbuffered print writes text and "\n" apart
+            data = self._unsent + chunk
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if len(data) - cut > READ_SIZE:  # a huge line without newline: pass it on
+                cut = len(data)
+            if cut:
+                self._console.write(data[:cut])
+            self._unsent = data[cut:]
         data = self._partial + chunk
         *lines, partial = data.split(b"\n")
         if len(partial) > READ_SIZE:  # a huge line without newline: pass it on as a line
@@ -112,6 +122,9 @@ class StreamPump(threading.Thread):
             self._console.write(b"".join(self._prefix + line + b"\n" for line in lines))
 
     def _finish(self) -> None:
+        if self._unsent and self._console is not None:
+            self._console.write(self._unsent)
+            self._unsent = b""
         with self._lock:
             partial, self._partial = self._partial, b""
             if partial:
