@@ -470,3 +470,46 @@ def test_send_timeout_mid_message_fails_the_transport():
         a.close()
         b.close()
     assert receiver_threads() == []
+
+
+# -- a large unexpected payload waits briefly for its receive ---------------------------------
+def test_large_payload_waits_for_its_receive_then_lands_in_place():
+    """The streaming receiver's ``accept`` holds a large payload (>= GRACE_MIN_BYTES) for up to
+    its grace period: a receive posted meanwhile gets the bytes in place (no extra buffer)."""
+    import threading
+
+    from pyc10d._timeouts import Deadline
+    from pyc10d.transport.mailbox import DONE, GRACE_MIN_BYTES, Mailbox
+
+    mb, size, tag = Mailbox(), GRACE_MIN_BYTES, 42
+    accepted: list = []
+    acceptor = threading.Thread(target=lambda: accepted.append(mb.accept(0, tag, size, 30.0)))
+    acceptor.start()
+    deadline = Deadline(10)
+    while not mb._accept_waiting:  # the acceptor is parked in its grace wait
+        assert not deadline.expired() and acceptor.is_alive()
+        threading.Event().wait(0.001)
+    out = bytearray(size)
+    received: list = []
+    receiver = threading.Thread(
+        target=lambda: received.append(
+            mb.receive((0,), tag, memoryview(out), Deadline(10), lambda: None)
+        )
+    )
+    receiver.start()
+    acceptor.join(10)
+    view, dest, pending, failed = accepted[0]
+    assert dest is not None and pending is None and failed is None
+    view[:] = b"\x07" * size  # what the streaming receiver does: fill the posted buffer...
+    dest.src, dest.state = 0, DONE
+    dest.wake()  # ...and wake its waiter
+    receiver.join(10)
+    assert received == [(0, None)] and out == b"\x07" * size
+
+
+def test_large_payload_without_a_receive_is_buffered_after_the_grace():
+    from pyc10d.transport.mailbox import GRACE_MIN_BYTES, Mailbox
+
+    view, dest, pending, failed = Mailbox().accept(0, 42, GRACE_MIN_BYTES, 0.01)
+    assert dest is None and failed is None and isinstance(pending, bytearray)
+    assert len(view) == GRACE_MIN_BYTES

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -90,11 +91,16 @@ class PendingRecv:
         self.done.release()
 
 
+GRACE_MIN_BYTES = 1 << 20  # unexpected payloads from this size wait briefly for their receive
+
+
 class Mailbox:
     """Posted receives and buffered messages of one transport endpoint."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self._receive_posted = threading.Condition(self.lock)  # for accept()'s grace wait
+        self._accept_waiting = 0
         self.error: DistBackendError | None = None
         self.closed: dict[int, DistBackendError] = {}  # peers that said goodbye
         self._posted: dict[int, list[PendingRecv]] = {}
@@ -149,16 +155,23 @@ class Mailbox:
         return view
 
     def accept(
-        self, src: int, tag: int, size: int
+        self, src: int, tag: int, size: int, grace: float = 0.0
     ) -> tuple[memoryview | None, PendingRecv | None, bytearray | None, PendingRecv | None]:
         """Decide where an incoming ``size``-byte payload goes, for a streaming receiver.
 
         Returns ``(view, dest, pending, failed)``: ``view`` is the memory to fill (None: drop
         the payload), ``dest`` the posted receive it fills, ``pending`` the new buffer of an
         unexpected message, and ``failed`` a receive settled by a size mismatch (wake it).
+
+        A payload of at least GRACE_MIN_BYTES with no receive posted yet waits up to ``grace``
+        seconds for one, so that it lands in place instead of in a new buffer to be copied
+        later (the usual case: the receiver is about to post it). The wait is bounded, so a
+        receiver that needs other messages first is only delayed, never deadlocked.
         """
         with self.lock:
             r = self.match(src, tag)
+            if r is None and grace > 0 and size >= GRACE_MIN_BYTES and self.error is None:
+                r = self._await_receive(src, tag, grace)
             if r is not None:
                 view = self.claim(r, src, tag, size)
                 if view is None:
@@ -168,6 +181,22 @@ class Mailbox:
                 return None, None, None, None
         pending = bytearray(size)
         return memoryview(pending), None, pending, None
+
+    def _await_receive(self, src: int, tag: int, grace: float) -> PendingRecv | None:
+        """Wait (lock held) up to ``grace`` seconds for a receive matching ``(src, tag)``."""
+        until = time.monotonic() + grace
+        self._accept_waiting += 1
+        try:
+            while True:
+                remaining = until - time.monotonic()
+                if remaining <= 0 or self.error is not None or self.is_discarded(tag):
+                    return None
+                self._receive_posted.wait(remaining)
+                r = self.match(src, tag)
+                if r is not None:
+                    return r
+        finally:
+            self._accept_waiting -= 1
 
     def is_discarded(self, tag: int) -> bool:
         """True if ``tag`` is a collective tag whose sequence number was discarded."""
@@ -199,6 +228,8 @@ class Mailbox:
         """Record ``err`` (the first one sticks) and fail every posted receive with it."""
         if self.error is None:
             self.error = err
+        if self._accept_waiting:
+            self._receive_posted.notify_all()
         for posted in self._posted.values():
             for r in posted:
                 r.finish(FAILED, self.error)
@@ -262,6 +293,8 @@ class Mailbox:
                     self._posted[tag] = [r]
                 else:
                     posted.append(r)
+                if self._accept_waiting:
+                    self._receive_posted.notify_all()
         if hit is not None:
             src, payload = hit
             if out is None:

@@ -19,6 +19,7 @@ from .mailbox import CANCELLED, DONE, FAILED, FILLING, Mailbox, PendingRecv
 from .tcp_conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
 
 JOIN_TIMEOUT_S = 10.0
+ACCEPT_GRACE_S = 0.005  # how long a large unexpected payload waits for its receive to be posted
 _unpack_header = HEADER.unpack_from
 
 
@@ -247,7 +248,7 @@ class Receiver:
 
     def _start(self, c: PeerConn, tag: int, size: int, head: memoryview) -> None:
         """Begin a ``size``-byte payload whose first bytes are ``head``."""
-        view, dest, pending, failed = self._mb.accept(c.rank, tag, size)
+        view, dest, pending, failed = self._mb.accept(c.rank, tag, size, ACCEPT_GRACE_S)
         if failed is not None:
             self._ready.append(failed)
         if dest is not None:
