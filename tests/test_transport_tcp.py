@@ -513,3 +513,33 @@ def test_large_payload_without_a_receive_is_buffered_after_the_grace():
     view, dest, pending, failed = Mailbox().accept(0, 42, GRACE_MIN_BYTES, 0.01)
     assert dest is None and failed is None and isinstance(pending, bytearray)
     assert len(view) == GRACE_MIN_BYTES
+
+
+def back_to_back_large(ctx) -> int:
+    """Large messages sent back to back: the receiver often lags (a message starts streaming
+    into a new buffer before its receive is posted, then the receive takes the stream over).
+    Every message must arrive whole, in order, with its own bytes."""
+    import torch
+
+    from pyc10d._tensor_bytes import byte_view
+
+    t = TCPTransport(PrefixStore("b2b", ctx.store), ctx.rank, ctx.world_size, 30)
+    n, count = 3 << 20, 12  # 12 MiB float32 messages
+    buf = torch.empty(n)
+    for i in range(count):
+        if ctx.rank == 0:
+            buf.fill_(float(i))
+            buf[i] = -1.0  # a marker that moves, so a mixed-up message cannot pass
+            t.send(1, 7, byte_view(buf), Deadline(30))
+        else:
+            t.recv(0, 7, byte_view(buf), Deadline(30))
+            expected = torch.full((n,), float(i))
+            expected[i] = -1.0
+            assert torch.equal(buf, expected), i
+    ctx.store.barrier("b2b-done", 2, 30)
+    t.close()
+    return count
+
+
+def test_back_to_back_large_messages_arrive_whole_and_in_order():
+    assert spawn(back_to_back_large, 2, timeout=60) == [12, 12]

@@ -187,6 +187,8 @@ class Receiver:
         recv_into = c.sock.recv_into
         try:
             while True:
+                if c.pending is not None:
+                    self._redirect(c)
                 body = c.body
                 if body is not None:
                     got = c.got
@@ -264,6 +266,24 @@ class Receiver:
         c.got = n
         c.need = size
         c.tag = tag
+
+    def _redirect(self, c: PeerConn) -> None:
+        """A receive posted while its message streams into a new buffer takes the stream over:
+        the bytes so far are copied into it, the rest lands there directly."""
+        mb = self._mb
+        with mb.lock:
+            r = mb.match(c.rank, c.tag)
+            if r is None:
+                return
+            view = mb.claim(r, c.rank, c.tag, c.need)
+        if view is None:  # its size is wrong: the receive failed
+            self._ready.append(r)
+            return
+        assert c.body is not None
+        view[: c.got] = c.body[: c.got]
+        c.body = view
+        c.dest = r
+        c.pending = None
 
     def _complete(self, c: PeerConn) -> None:
         """The payload being streamed has fully arrived: finish its receive or buffer it."""
