@@ -20,8 +20,9 @@ in program order, so data written before a counter is visible to whoever sees th
 Waiting spins briefly (yielding the CPU), then blocks on a doorbell socket (an abstract UNIX
 datagram socket) for at most a couple of milliseconds at a time, looking for a dead peer
 (through ``failure``) and the deadline between blocks: a lost wake-up costs latency, never a hang.
-Segments are unlinked as soon as every rank has mapped them, so nothing is left in ``/dev/shm``
-whatever happens to the processes afterwards.
+Segments are anonymous (``memfd_create``) and shared by passing their descriptors over the
+doorbell sockets, so nothing is ever named in ``/dev/shm``: the kernel frees the memory when the
+last process unmaps it, whatever happens to the processes.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ import os
 import secrets
 import select
 import socket
+import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
 
 import torch
 
-from .._timeouts import Deadline
+from .._timeouts import Deadline, format_ms
 from ..errors import DistBackendError
 from ..store import PrefixStore, Store
 from .base import TransportTimeout
@@ -54,7 +57,7 @@ SLOT_BYTES = 4 * 1024 * 1024
 ROUND_BITS = 24
 VIEW_CACHE_MAX_BYTES = 64 * 1024  # slot views of at most this size are kept for reuse
 VIEW_CACHE_ENTRIES = 256
-SHM_DIR = "/dev/shm/"
+RANK_FORMAT = struct.Struct("<q")  # the payload of a segment-descriptor datagram
 BLOCK_MS = 2  # the longest block on the doorbell before looking again
 _FENCE = threading.Lock()  # acquiring a lock is a locked instruction: a full memory fence
 
@@ -125,33 +128,25 @@ class ShmArena:
         nonce = secrets.token_hex(6)
         self._bell.bind(f"\0pyc10d-{nonce}-arena-r{self.rank}".encode())
         size = CONTROL_BYTES + 2 * self.slot_bytes
-        own = Segment.create(f"pyc10d-{nonce}-arena-r{self.rank}", size)
+        own = Segment.create(size)
         self._segments[self.rank] = own
         try:
-            info = {"seg": own.name, "bell": self._bell.getsockname().hex()}
+            info = {"size": size, "bell": self._bell.getsockname().hex()}
             store.set(f"seg/{self.rank}", json.dumps(info))
             keys = [f"seg/{p}" for p in self.peers]
             wait_for_keys(store, keys, deadline, self.rank, "peers' arena segments")
             infos = {p: json.loads(store.get(f"seg/{p}")) for p in self.peers}
             for peer, peer_info in infos.items():
-                try:
-                    segment = Segment.attach(peer_info["seg"])
-                except FileNotFoundError:
+                if peer_info["size"] != size:
                     raise DistBackendError(
-                        f"rank {peer}'s shared-memory segment {peer_info['seg']} is gone: rank "
-                        f"{peer} gave up setting up the arena (did it time out or exit?)"
-                    ) from None
-                self._segments[peer] = segment
-                if segment.size < size:
-                    raise DistBackendError(
-                        f"rank {peer}'s shared-memory segment is {segment.size} bytes, "
+                        f"rank {peer}'s shared-memory segment is {peer_info['size']} bytes, "
                         f"expected {size} (ranks disagree on the slot size)"
                     )
-            store.set(f"att/{self.rank}", "1")
-            keys = [f"att/{p}" for p in self.peers]
-            wait_for_keys(store, keys, deadline, self.rank, "peers to map the arena")
+            bells = {p: bytes.fromhex(info["bell"]) for p, info in infos.items()}
+            for peer, fd in self._swap_fds(own.fd, bells, deadline).items():
+                self._segments[peer] = Segment(fd)
         finally:
-            own.unlink()
+            own.release_fd()
         for owner, segment in enumerate(self._segments):
             assert segment is not None
             self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
@@ -172,8 +167,57 @@ class ShmArena:
                     for k in (0, 1)
                 ]
             )
-            bell = self._bell.getsockname() if owner == self.rank else infos[owner]["bell"]
-            self._bells.append(bell if isinstance(bell, bytes) else bytes.fromhex(bell))
+            self._bells.append(self._bell.getsockname() if owner == self.rank else bells[owner])
+
+    def _swap_fds(self, own_fd: int, bells: dict[int, bytes], deadline: Deadline) -> dict[int, int]:
+        """Send ``own_fd`` to every peer's doorbell and receive theirs (SCM_RIGHTS): the memory
+        is shared by descriptor, never by name. Sending and receiving interleave, so full socket
+        queues (10 datagrams by default) cannot deadlock a large group."""
+        me = RANK_FORMAT.pack(self.rank)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [own_fd]))]
+        unsent, received = list(self.peers), {}
+        try:
+            while unsent or len(received) < len(self.peers):
+                for peer in list(unsent):
+                    try:
+                        self._bell.sendmsg([me], rights, 0, bells[peer])
+                    except BlockingIOError:
+                        continue  # its queue is full: try again once it drained some
+                    except OSError as exc:
+                        raise DistBackendError(
+                            f"rank {peer} is gone from the shared-memory arena setup ({exc}): "
+                            "did it time out or exit?"
+                        ) from None
+                    unsent.remove(peer)
+                self._receive_fds(received)
+                if not unsent and len(received) == len(self.peers):
+                    break
+                if deadline.expired():
+                    missing = sorted(set(self.peers) - set(received)) or unsent
+                    raise DistBackendError(
+                        f"shared-memory arena setup on rank {self.rank} timed out after "
+                        f"{format_ms(deadline.seconds)} exchanging segments with ranks {missing}"
+                    )
+                self._poll.poll(1)
+        except BaseException:
+            for fd in received.values():
+                os.close(fd)
+            raise
+        return received
+
+    def _receive_fds(self, received: dict[int, int]) -> None:
+        """Take every descriptor waiting on the doorbell into ``received`` (by sender rank)."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._bell, 64, 4)
+            except BlockingIOError:
+                return
+            if len(data) == RANK_FORMAT.size and fds:
+                peer = RANK_FORMAT.unpack(data)[0]
+                if peer in self.peers and peer not in received:
+                    received[peer] = fds.pop(0)
+            for fd in fds:
+                os.close(fd)
 
     # -- rounds and slots -----------------------------------------------------------------------
     def begin(self, seq: int) -> None:
@@ -376,8 +420,6 @@ class ShmArena:
         for index, segment in enumerate(self._segments):
             if segment is None:
                 continue
-            if index == self.rank:
-                segment.unlink()
             try:
                 segment.close()
             except BufferError:  # a tensor over it is still alive: leave it mapped
@@ -403,48 +445,46 @@ def _describe(signature: int) -> str:
 
 
 class Segment:
-    """A named POSIX shared-memory segment (a file in /dev/shm), mapped read-write.
+    """Shared memory made with ``memfd_create``, mapped read-write.
 
-    Made with plain ``os`` calls rather than ``multiprocessing.shared_memory``, whose resource
-    tracker is shared by the ranks a launcher started and races when several of them register
-    and unregister one name; pyc10d unlinks its segments itself.
+    It has no name: it is shared by passing its descriptor to the peers over a UNIX socket, and
+    the kernel frees it when the last mapping goes, so nothing can be left in /dev/shm whatever
+    happens to the processes (and no resource tracker is involved).
     """
 
-    def __init__(self, name: str, fd: int) -> None:
-        self.name = name
+    def __init__(self, fd: int, keep_fd: bool = False) -> None:
         try:
             self.size = os.fstat(fd).st_size
             self._map = mmap.mmap(fd, self.size)
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd if keep_fd else -1
+        if not keep_fd:
             os.close(fd)
         self.buf = memoryview(self._map)
 
     @classmethod
-    def create(cls, name: str, size: int) -> Segment:
-        """Create and map a new zero-filled segment of ``size`` bytes."""
-        fd = os.open(SHM_DIR + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    def create(cls, size: int) -> Segment:
+        """A new zero-filled segment of ``size`` bytes; its descriptor stays open to be shared
+        (see :meth:`release_fd`)."""
+        fd = os.memfd_create("pyc10d-arena", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
         except BaseException:
             os.close(fd)
-            os.unlink(SHM_DIR + name)
             raise
-        return cls(name, fd)
+        return cls(fd, keep_fd=True)
 
-    @classmethod
-    def attach(cls, name: str) -> Segment:
-        """Map the existing segment ``name``."""
-        return cls(name, os.open(SHM_DIR + name, os.O_RDWR))
-
-    def unlink(self) -> None:
-        """Remove the segment's name (mappings stay valid); idempotent."""
-        try:
-            os.unlink(SHM_DIR + self.name)
-        except FileNotFoundError:
-            pass
+    def release_fd(self) -> None:
+        """Close the descriptor (the mapping stays); idempotent."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def close(self) -> None:
         """Unmap; BufferError while a tensor over the memory is still alive."""
+        self.release_fd()
         self.buf.release()
         self._map.close()
 
