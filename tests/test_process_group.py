@@ -594,3 +594,25 @@ def set_timeout_readback(ctx):
 
 def test_set_timeout_readback():
     spawn(set_timeout_readback, 2, timeout=TIMEOUT)
+
+
+def large_exchanges(ctx):
+    """Blocks from 256 KiB up: over TCP they go pairwise, receives posted before sends."""
+    pg, rank, size = make_pg(ctx), ctx.rank, ctx.world_size
+    n = 100_000  # 400 KB of float32 per block
+    outputs = [torch.empty(n) for _ in range(size)]
+    pg.allgather([outputs], [torch.full((n,), float(rank))]).wait()
+    for r, out in enumerate(outputs):
+        assert torch.equal(out, torch.full((n,), float(r))), r
+    # uneven alltoall: rank r sends (n + 1000 * (r + d)) elements to rank d, valued 10 r + d
+    sends = [torch.full((n + 1000 * (rank + d),), 10.0 * rank + d) for d in range(size)]
+    recvs = [torch.empty(n + 1000 * (s + rank)) for s in range(size)]
+    pg.alltoall(recvs, sends).wait()
+    for s, got in enumerate(recvs):
+        assert torch.equal(got, torch.full_like(got, 10.0 * s + rank)), s
+    pg.shutdown()
+
+
+@world_sizes(2, 3)
+def test_large_allgather_and_uneven_alltoall(world_size):
+    spawn(large_exchanges, world_size, timeout=TIMEOUT)

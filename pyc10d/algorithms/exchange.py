@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from . import shm
-from .context import OpContext
+from .context import PREPOST_MIN_BYTES, OpContext
 from .reduction import reduce_into
 
 
@@ -46,6 +46,10 @@ def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) 
     if arena is not None:
         shm.allgather(arena, send, recv, ctx.deadline)
         return
+    if _large(send):
+        _pairwise(ctx, [send] * ctx.size, recv)
+        recv[ctx.rank].copy_(send)
+        return
     for peer in _others(ctx):
         ctx.send(peer, 0, send)
     recv[ctx.rank].copy_(send)
@@ -53,11 +57,30 @@ def allgather(ctx: OpContext, send: torch.Tensor, recv: Sequence[torch.Tensor]) 
         ctx.recv(peer, 0, recv[peer])
 
 
+def _large(tensor: torch.Tensor) -> bool:
+    """From this size a message goes pairwise, its receive posted before the matching send."""
+    return tensor.numel() * tensor.element_size() >= PREPOST_MIN_BYTES
+
+
+def _pairwise(ctx: OpContext, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+    """In step i, send ``send[rank + i]`` and receive ``recv[rank - i]`` at once, the receive
+    posted first (in place, with no buffering); the tags are those of the direct exchange, so
+    ranks may choose either way independently."""
+    rank, size = ctx.rank, ctx.size
+    for distance in range(1, size):
+        dst, src = (rank + distance) % size, (rank - distance) % size
+        ctx.send_recv(dst, send[dst], src, recv[src], 0)
+
+
 def alltoall(ctx: OpContext, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
     """``send[j]`` of rank i lands in ``recv[i]`` of rank j (blocks of any sizes)."""
     arena = ctx.shm() if ctx.size > 1 else None
     if arena is not None:
         shm.alltoall(arena, send, recv, ctx.deadline)
+        return
+    if any(_large(t) for t in recv):
+        _pairwise(ctx, send, recv)
+        recv[ctx.rank].copy_(send[ctx.rank])
         return
     for peer in _others(ctx):
         ctx.send(peer, 0, send[peer])
