@@ -98,16 +98,17 @@ def reduce_scatter(
     if arena is not None:
         shm.reduce_scatter(arena, send, recv, op, ctx.deadline)
         return
-    for peer in _others(ctx):
-        ctx.send(peer, 0, send[peer])
-    parts: list[torch.Tensor] = []
-    for peer in range(ctx.size):
-        if peer == ctx.rank:
-            parts.append(send[peer].clone())  # recv may alias it
-        else:
-            part = torch.empty_like(recv)
-            ctx.recv(peer, 0, part)
-            parts.append(part)
+    parts = [
+        send[peer].clone() if peer == ctx.rank else torch.empty_like(recv)  # recv may alias it
+        for peer in range(ctx.size)
+    ]
+    if _large(recv):
+        _pairwise(ctx, send, parts)
+    else:
+        for peer in _others(ctx):
+            ctx.send(peer, 0, send[peer])
+        for peer in _others(ctx):
+            ctx.recv(peer, 0, parts[peer])
     recv.copy_(parts[0])
     for part in parts[1:]:
         reduce_into(op, recv, part)
