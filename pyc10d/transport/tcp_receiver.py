@@ -250,6 +250,10 @@ class Receiver:
 
     def _start(self, c: PeerConn, tag: int, size: int, head: memoryview) -> None:
         """Begin a ``size``-byte payload whose first bytes are ``head``."""
+        if self._ready:  # accept() may wait for a receive that only their waiters will post
+            for r in self._ready:
+                r.wake()
+            self._ready.clear()
         view, dest, pending, failed = self._mb.accept(c.rank, tag, size, ACCEPT_GRACE_S)
         if failed is not None:
             self._ready.append(failed)
