@@ -21,5 +21,8 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
 
 
 def flat_contiguous(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` itself as a 1-D view when contiguous, else a contiguous 1-D copy."""
-    return tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
+    """``tensor`` itself as a 1-D view when contiguous, else a contiguous 1-D copy (a 1-D
+    contiguous tensor is returned as is: a view costs more than a small collective's copies)."""
+    if tensor.is_contiguous():
+        return tensor if tensor.dim() == 1 else tensor.view(-1)
+    return tensor.contiguous().view(-1)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._tensor_bytes import flat_contiguous
 from .._timeouts import Deadline
 from ..errors import DistBackendError
 from ..process_group.reduce_op import ReduceOp
@@ -40,15 +41,9 @@ def _combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> No
         reduce_into(op, out, part)
 
 
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous ``tensor`` as a 1-D view (itself when it already is 1-D: views cost more
-    than small copies)."""
+def _output_view(tensor: torch.Tensor) -> torch.Tensor:
+    """An output ``tensor`` as a 1-D view of its memory (itself when already 1-D)."""
     return tensor if tensor.dim() == 1 else tensor.view(-1)
-
-
-def _flat_input(tensor: torch.Tensor) -> torch.Tensor:
-    """An input ``tensor`` as 1-D (a contiguous copy when it is not contiguous)."""
-    return tensor if tensor.dim() == 1 and tensor.is_contiguous() else tensor.reshape(-1)
 
 
 def _elements_per_round(arena: ShmArena, dtype: torch.dtype, parts: int = 1) -> int:
@@ -138,8 +133,8 @@ def allgather(
     arena.expect("allgather", dtype, send.numel())
     step = _elements_per_round(arena, dtype)
     recv[arena.rank].copy_(send.view_as(recv[arena.rank]))
-    flat_recv = [_flat(r) for r in recv]
-    send = _flat_input(send)
+    flat_recv = [_output_view(r) for r in recv]
+    send = flat_contiguous(send)
     for start in range(0, send.numel(), step):
         count = min(step, send.numel() - start)
         round_ = arena.start_round(deadline, "allgather")
@@ -179,8 +174,8 @@ def reduce_scatter(
     deadline: Deadline,
 ) -> None:
     """Rank r ends with ``send[r]`` of every rank reduced (in rank order) into ``recv``."""
-    blocks = [_flat_input(s) for s in send]
-    out = _flat(recv)
+    blocks = [flat_contiguous(s) for s in send]
+    out = _output_view(recv)
     total, dtype, rank = out.numel(), recv.dtype, arena.rank
     arena.expect("reduce_scatter", dtype, total)
     step = _elements_per_round(arena, dtype, arena.size)
@@ -208,8 +203,8 @@ def alltoall(
     that all ranks agree on how many rounds follow, and a block whose size its receiver does not
     expect is an error rather than a hang.
     """
-    blocks = [_flat_input(s) for s in send]
-    outs = [_flat(r) for r in recv]
+    blocks = [flat_contiguous(s) for s in send]
+    outs = [_output_view(r) for r in recv]
     rank, size = arena.rank, arena.size
     dtype = outs[rank].dtype
     arena.expect("alltoall", dtype, size)

@@ -583,7 +583,7 @@ class ProcessGroup:
             source = input.contiguous()
             sends = _split_rows(source, input_split_sizes, ctx.size)
             recvs = _split_rows(staged.buffer, output_split_sizes, ctx.size)
-            exchange.alltoall(ctx, [_flat(t) for t in sends], [_flat(t) for t in recvs])
+            exchange.alltoall(ctx, [flat_contiguous(t) for t in sends], [t.view(-1) for t in recvs])
             staged.finish()
 
         return self._collective("alltoall_base", opts, [[output]], body)
@@ -705,11 +705,6 @@ def _options(cls: type, opts: Any, **fields: Any) -> Any:
         if value is not None and not isinstance(value, cls):
             setattr(built, name, value)
     return built
-
-
-def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as 1-D (itself when it already is)."""
-    return tensor if tensor.dim() == 1 else tensor.reshape(-1)
 
 
 def _split_rows(tensor: torch.Tensor, split_sizes: list[int], parts: int) -> list[torch.Tensor]:

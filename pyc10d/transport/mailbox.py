@@ -198,6 +198,18 @@ class Mailbox:
         finally:
             self._accept_waiting -= 1
 
+    def stream_done(
+        self, src: int, tag: int, dest: PendingRecv | None, pending: bytearray | None
+    ) -> PendingRecv | None:
+        """A streamed payload fully arrived (in ``dest``'s buffer, or the ``pending`` buffer of an
+        unexpected message): settle ``dest`` or deliver/buffer ``pending``; returns the receive
+        to wake, if any."""
+        with self.lock:
+            if dest is not None:
+                dest.state = DONE
+                return dest
+            return self.offer(src, tag, pending)
+
     def is_discarded(self, tag: int) -> bool:
         """True if ``tag`` is a collective tag whose sequence number was discarded."""
         return not tag & P2P_TAG_BIT and (tag >> STEP_BITS) in self._discarded

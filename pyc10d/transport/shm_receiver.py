@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import DistBackendError
-from .mailbox import CANCELLED, DONE, FAILED, FILLING, Mailbox, PendingRecv
+from .mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
 from .shm_ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
 from .tcp_conn import HEADER, HEADER_SIZE
 
@@ -241,13 +241,7 @@ class ShmReceiver:
 
     def _complete(self, c: InRing) -> None:
         """The payload being streamed has fully arrived: finish its receive or buffer it."""
-        mb = self._mb
-        r = c.dest
-        with mb.lock:
-            if r is not None:
-                r.state = DONE
-            else:
-                r = mb.offer(c.src, c.tag, c.pending)
+        r = self._mb.stream_done(c.src, c.tag, c.dest, c.pending)
         if r is not None:
             self._ready.append(r)
         c.body = c.body_t = None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from ..errors import DistBackendError
 from .base import PeerFailedError
-from .mailbox import CANCELLED, DONE, FAILED, FILLING, Mailbox, PendingRecv
+from .mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
 from .tcp_conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
 
 JOIN_TIMEOUT_S = 10.0
@@ -291,13 +291,7 @@ class Receiver:
 
     def _complete(self, c: PeerConn) -> None:
         """The payload being streamed has fully arrived: finish its receive or buffer it."""
-        mb = self._mb
-        r = c.dest
-        with mb.lock:
-            if r is not None:
-                r.state = DONE
-            else:
-                r = mb.offer(c.rank, c.tag, c.pending)
+        r = self._mb.stream_done(c.rank, c.tag, c.dest, c.pending)
         if r is not None:
             self._ready.append(r)
         c.body = None
