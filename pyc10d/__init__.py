@@ -8,7 +8,13 @@ Use it where you would use ``torch.distributed``::
 from . import data, futures, nn
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
-from .errors import DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError
+from .core.errors import (
+    DistBackendError,
+    DistError,
+    DistNetworkError,
+    DistStoreError,
+    QueueEmptyError,
+)
 from .nn.parallel import DistributedDataParallel
 from .process_group import (
     AllgatherOptions,

@@ -1,12 +1,12 @@
-"""``env://`` under torchrun, SLURM and MPI launchers: ``pyc10d.launcher.env`` and rendezvous."""
+"""``env://`` under torchrun, SLURM and MPI launchers: ``rendezvous.launch_env`` and rendezvous."""
 
 from __future__ import annotations
 
 import pytest
 
 import pyc10d as dist
-from pyc10d.launcher import env as launch_env
-from pyc10d.launcher.env import (
+from pyc10d.rendezvous import launch_env
+from pyc10d.rendezvous.launch_env import (
     LaunchEnvError,
     detect_local_rank,
     detect_master_addr,

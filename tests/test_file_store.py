@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pyc10d.errors import DistStoreError, QueueEmptyError
+from pyc10d.core.errors import DistStoreError, QueueEmptyError
 from pyc10d.store import file_store as file_store_module
 from pyc10d.store.file_store import FileStore
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from pyc10d.process_group import options as o
-from pyc10d.process_group.reduce_op import (
+from pyc10d.core.reduce_op import (
     RedOpType,
     ReduceOp,
     make_premul_sum,
     reduce_op_of,
     to_reduce_op,
 )
+from pyc10d.process_group import options as o
 
 MEMBERS = [
     ReduceOp.SUM,

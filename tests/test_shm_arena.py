@@ -1,5 +1,5 @@
-"""The shared-memory arena (``pyc10d.transport.shm_arena``) and its collectives
-(``pyc10d.algorithms.shm``), directly and through ``ProcessGroup``.
+"""The shared-memory arena (``pyc10d.transport.shm.arena``) and its collectives
+(``pyc10d.collectives.shm``), directly and through ``ProcessGroup``.
 
 Arena-level bodies build a ``ShmArena`` with a small ``slot_bytes`` so that collectives run in
 many rounds, and check every rank's result against one computed locally from every rank's
@@ -20,16 +20,16 @@ import pytest
 import torch
 
 from pyc10d import ProcessGroup
-from pyc10d._timeouts import Deadline
-from pyc10d.algorithms import shm
-from pyc10d.errors import DistBackendError
+from pyc10d.collectives import shm
+from pyc10d.core.errors import DistBackendError
+from pyc10d.core.reduce_op import ReduceOp
+from pyc10d.core.timeouts import Deadline
 from pyc10d.process_group import options as o
-from pyc10d.process_group.reduce_op import ReduceOp
 from pyc10d.store import HashStore, PrefixStore
 from pyc10d.testing import RankFailedError, spawn, world_sizes
 from pyc10d.transport.base import TransportTimeout
 from pyc10d.transport.factory import ENV, transport_mode
-from pyc10d.transport.shm_arena import ShmArena
+from pyc10d.transport.shm.arena import ShmArena
 
 from pg_helpers import make_pg
 
@@ -69,7 +69,7 @@ def arena_of(ctx, slot_bytes: int, prefix: str = "t", timeout: float = 30) -> Sh
 
 
 class Collectives:
-    """Runs the algorithms of ``pyc10d.algorithms.shm`` on an arena with seq 1, 2, 3..."""
+    """Runs the algorithms of ``pyc10d.collectives.shm`` on an arena with seq 1, 2, 3..."""
 
     def __init__(self, arena: ShmArena) -> None:
         self.arena = arena

@@ -14,7 +14,7 @@ import traceback
 
 import pytest
 
-from pyc10d._timeouts import Deadline
+from pyc10d.core.timeouts import Deadline
 from pyc10d.store import PrefixStore
 from pyc10d.testing import spawn, world_sizes
 from pyc10d.transport import (
@@ -26,8 +26,8 @@ from pyc10d.transport import (
     op_tag,
     p2p_tag,
 )
-from pyc10d.transport.shm_ring import CAPACITY
-from pyc10d.transport.tcp_conn import HEADER
+from pyc10d.transport.shm.ring import CAPACITY
+from pyc10d.transport.tcp.conn import HEADER
 
 BIG = 20 * 1024 * 1024
 _pattern: bytes | None = None

@@ -15,8 +15,8 @@ import traceback
 
 import pytest
 
-from pyc10d._timeouts import Deadline
-from pyc10d.errors import DistBackendError
+from pyc10d.core.errors import DistBackendError
+from pyc10d.core.timeouts import Deadline
 from pyc10d.store import HashStore, PrefixStore, TCPStore
 from pyc10d.testing import spawn, world_sizes
 from pyc10d.transport import (
@@ -27,8 +27,8 @@ from pyc10d.transport import (
     p2p_tag,
     tag_seq,
 )
-from pyc10d.transport.tcp_conn import HEADER
-from pyc10d.transport.tcp_setup import HELLO, default_advertise_host
+from pyc10d.transport.tcp.conn import HEADER
+from pyc10d.transport.tcp.setup import HELLO, default_advertise_host
 
 BIG = 32 * 1024 * 1024
 RECEIVER_PREFIX = "pyc10d-tcp-recv"
@@ -478,7 +478,7 @@ def test_large_payload_waits_for_its_receive_then_lands_in_place():
     its grace period: a receive posted meanwhile gets the bytes in place (no extra buffer)."""
     import threading
 
-    from pyc10d._timeouts import Deadline
+    from pyc10d.core.timeouts import Deadline
     from pyc10d.transport.mailbox import DONE, GRACE_MIN_BYTES, Mailbox
 
     mb, size, tag = Mailbox(), GRACE_MIN_BYTES, 42
@@ -521,7 +521,7 @@ def back_to_back_large(ctx) -> int:
     Every message must arrive whole, in order, with its own bytes."""
     import torch
 
-    from pyc10d._tensor_bytes import byte_view
+    from pyc10d.core.tensor_bytes import byte_view
 
     t = TCPTransport(PrefixStore("b2b", ctx.store), ctx.rank, ctx.world_size, 30)
     n, count = 3 << 20, 12  # 12 MiB float32 messages

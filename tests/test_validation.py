@@ -11,9 +11,9 @@ import re
 import pytest
 import torch
 
+from pyc10d.core.reduce_op import ReduceOp, make_premul_sum
 from pyc10d.process_group import options as o
 from pyc10d.process_group import validation as v
-from pyc10d.process_group.reduce_op import ReduceOp, make_premul_sum
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # sparse invariants warning
 

@@ -1,12 +1,9 @@
-"""Layer 3 — collective algorithms: pure functions over a transport, chosen by size and world size.
+"""Layer 6 — training-side algorithms at torch's import path (``torch.distributed.algorithms``).
 
-Each takes an :class:`OpContext` (the transport, this rank, the group size, the operation's tag
-sequence number and deadline) and contiguous CPU tensors, and moves bytes with the context's
-``send``/``recv``. Reductions run as in-place torch ops, in rank order on every rank, so every
-rank ends with bit-identical results.
+:mod:`.ddp_comm_hooks` holds DDP's communication hooks (allreduce, fp16/bf16 compression,
+PowerSGD). The collective algorithms themselves live in :mod:`pyc10d.collectives`.
 """
 
-from .context import OpContext
-from .reduction import reduce_into
+from . import ddp_comm_hooks
 
-__all__ = ["OpContext", "reduce_into"]
+__all__ = ["ddp_comm_hooks"]

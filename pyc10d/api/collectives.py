@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..core.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
 from ..process_group import ProcessGroup, Work
 from ..process_group.options import (
     AllgatherOptions,
@@ -27,7 +28,6 @@ from ..process_group.options import (
     ReduceScatterOptions,
     ScatterOptions,
 )
-from ..process_group.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
 from . import debug
 from .state import group_rank_of, resolve, warn_not_in_group
 

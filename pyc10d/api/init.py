@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from .._timeouts import to_timedelta
+from ..core.timeouts import to_timedelta
 from ..process_group import ProcessGroup
 from ..process_group.options import DEFAULT_PG_TIMEOUT, Options
 from ..rendezvous import rendezvous

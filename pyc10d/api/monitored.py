@@ -25,7 +25,7 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
-from ..errors import DistStoreError
+from ..core.errors import DistStoreError
 from ..process_group import ProcessGroup
 from ..store import Store
 from .state import is_non_member, resolve, warn_not_in_group

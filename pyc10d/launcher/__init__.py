@@ -7,7 +7,7 @@ environment), :mod:`.supervisor` (start, watch, restart and stop the worker grou
 SLURM and MPI variables, used by ``env://`` rendezvous).
 """
 
-from .env import (
+from ..rendezvous.launch_env import (
     LaunchEnvError,
     detect_local_rank,
     detect_master_addr,

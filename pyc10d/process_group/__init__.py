@@ -1,6 +1,7 @@
 """Layer 4 — the process group: validation with torch's messages, Work/Future, the async engine,
 timeouts and failure detection."""
 
+from ..core.reduce_op import ReduceOp
 from .options import (
     AllgatherOptions,
     AllreduceCoalescedOptions,
@@ -14,7 +15,6 @@ from .options import (
     ScatterOptions,
 )
 from .process_group import ProcessGroup
-from .reduce_op import ReduceOp
 from .work import Work
 
 __all__ = [

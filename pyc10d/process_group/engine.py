@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
 from .work import Work
 
 

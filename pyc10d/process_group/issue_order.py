@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from .._timeouts import Deadline
+from ..core.timeouts import Deadline
 from ..transport.base import TransportTimeout
 
 _POLL_S = 1.0  # the longest sleep between looks at the deadline

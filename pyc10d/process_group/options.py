@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from .._timeouts import to_timedelta
-from .reduce_op import ReduceOp, ReduceOpLike, to_reduce_op
+from ..core.reduce_op import ReduceOp, ReduceOpLike, to_reduce_op
+from ..core.timeouts import to_timedelta
 
 __all__ = [
     "DEFAULT_PG_TIMEOUT",

@@ -21,20 +21,21 @@ from typing import Any
 
 import torch
 
-from .._tensor_bytes import byte_view, flat_contiguous
-from .._timeouts import Deadline, to_timedelta
-from ..algorithms import allreduce as allreduce_algos
-from ..algorithms import broadcast as broadcast_algos
-from ..algorithms import exchange
-from ..algorithms.context import OpContext
-from ..algorithms.reduction import finish_average, reduce_into
-from ..algorithms.sparse import sparse_allreduce
-from ..errors import DistBackendError
+from ..collectives import allreduce as allreduce_algos
+from ..collectives import broadcast as broadcast_algos
+from ..collectives import exchange
+from ..collectives.context import OpContext
+from ..collectives.reduction import finish_average, reduce_into
+from ..collectives.sparse import sparse_allreduce
+from ..core.errors import DistBackendError
+from ..core.reduce_op import ReduceOp, reduce_op_of
+from ..core.tensor_bytes import byte_view, flat_contiguous
+from ..core.timeouts import Deadline, to_timedelta
 from ..store import PrefixStore, Store
 from ..transport import make_transport
 from ..transport.base import Transport, TransportTimeout, p2p_tag
 from ..transport.factory import make_arena
-from ..transport.shm_arena import ShmArena
+from ..transport.shm.arena import ShmArena
 from . import validation as check
 from .engine import Engine
 from .issue_order import IssueOrder
@@ -51,7 +52,6 @@ from .options import (
     ReduceScatterOptions,
     ScatterOptions,
 )
-from .reduce_op import ReduceOp, reduce_op_of
 from .staging import staged_on_host
 from .work import Work
 

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from .reduce_op import RedOpType, ReduceOpLike, reduce_op_of, to_reduce_op
+from ..core.reduce_op import RedOpType, ReduceOpLike, reduce_op_of, to_reduce_op
 
 __all__ = [
     "BACKEND_NAME",

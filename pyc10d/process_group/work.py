@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .._timeouts import TimeoutLike, format_ms, to_seconds
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
+from ..core.timeouts import TimeoutLike, format_ms, to_seconds
 
 
 class Work:

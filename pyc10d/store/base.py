@@ -6,8 +6,8 @@ import abc
 from collections.abc import Sequence
 from datetime import timedelta
 
-from .._timeouts import TimeoutLike, format_ms, to_timedelta
-from ..errors import DistStoreError
+from ..core.errors import DistStoreError
+from ..core.timeouts import TimeoutLike, format_ms, to_timedelta
 
 DEFAULT_STORE_TIMEOUT = timedelta(seconds=300)
 

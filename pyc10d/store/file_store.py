@@ -29,8 +29,8 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from .._timeouts import Deadline, TimeoutLike
-from ..errors import DistStoreError, QueueEmptyError
+from ..core.errors import DistStoreError, QueueEmptyError
+from ..core.timeouts import Deadline, TimeoutLike
 from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
 from .table import INTERNAL_PREFIX, KeyValueTable
 

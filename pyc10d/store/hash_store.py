@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from .._timeouts import Deadline, TimeoutLike
-from ..errors import QueueEmptyError
+from ..core.errors import QueueEmptyError
+from ..core.timeouts import Deadline, TimeoutLike
 from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
 from .table import KeyValueTable
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from .._timeouts import TimeoutLike
+from ..core.timeouts import TimeoutLike
 from .base import Store, ValueLike, check_key, check_keys
 
 

@@ -14,8 +14,8 @@ import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 
-from .._timeouts import Deadline, TimeoutLike, format_ms
-from ..errors import DistNetworkError, DistStoreError, QueueEmptyError
+from ..core.errors import DistNetworkError, DistStoreError, QueueEmptyError
+from ..core.timeouts import Deadline, TimeoutLike, format_ms
 from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
 from .table import INTERNAL_PREFIX
 from .tcp.connection import ClientConnection

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .._timeouts import Deadline, TimeoutLike, to_seconds
+from ..core.timeouts import Deadline, TimeoutLike, to_seconds
 from ._rank import run_rank, stack_dump_path
 from .context import RankContext
 from .errors import RankFailedError, RankTimeoutError

@@ -3,7 +3,7 @@
 Algorithms and the process group talk only to this interface, so TCP (any host) and shared
 memory (same host) can serve the same collectives. Messages are matched by ``(source, tag)`` in
 FIFO order; a message that arrives before its receive is posted is buffered. Every blocking call
-takes a :class:`~pyc10d._timeouts.Deadline`. When a peer's connection is lost, the transport is
+takes a :class:`~pyc10d.core.timeouts.Deadline`. When a peer's connection is lost, the transport is
 failed: every pending and later call raises :class:`PeerFailedError` naming that peer.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from .._timeouts import Deadline, format_ms
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
+from ..core.timeouts import Deadline, format_ms
 
 Buffer = memoryview | bytes | bytearray
 

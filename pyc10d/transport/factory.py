@@ -1,7 +1,7 @@
 """Choosing a group's transport: ``PYC10D_TRANSPORT`` = ``auto`` (default), ``tcp`` or ``shm``.
 
 ``auto``: when every rank of the group runs on one host, collectives go through a shared-memory
-arena (:mod:`~pyc10d.transport.shm_arena`) and point-to-point messages over TCP; when the ranks
+arena (:mod:`~pyc10d.transport.shm.arena`) and point-to-point messages over TCP; when the ranks
 span hosts, messages between ranks of one host go through shared-memory rings and the others
 over TCP (one group mixes both). ``tcp``: TCP only, so cross-host paths can be tested on one host.
 ``shm``: the arena, plus point-to-point messages over shared-memory rings; it fails unless every
@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
 from ..store import Store
 from .base import Transport
 from .hybrid import HybridTransport
-from .shm_arena import ShmArena, single_host
+from .shm.arena import ShmArena, single_host
 from .tcp import TCPTransport
 
 ENV = "PYC10D_TRANSPORT"

@@ -15,15 +15,15 @@ import threading
 import time
 import weakref
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
+from ..core.timeouts import Deadline
 from ..store import Store
 from .base import Buffer
 from .mailbox import Mailbox, as_byte_view, fresh_error
 from .mailbox_transport import MailboxTransport
-from .shm_receiver import InRing, ShmReceiver
-from .shm_send import RingWriter
-from .shm_setup import ShmSetup, same_host_peers
+from .shm.receiver import InRing, ShmReceiver
+from .shm.send import RingWriter
+from .shm.setup import ShmSetup, same_host_peers
 from .tcp import TCPTransport
 
 DRAIN_S = 1.0  # how long close() waits for peers to read what was sent to them

@@ -15,8 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
+from ..core.timeouts import Deadline
 from .base import P2P_TAG_BIT, STEP_BITS, Buffer, TransportTimeout
 
 POSTED, FILLING, DONE, FAILED, CANCELLED = range(5)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
+from ..core.errors import DistBackendError
+from ..core.timeouts import Deadline
 from .base import Buffer, Transport
 from .mailbox import Mailbox, as_byte_view
 

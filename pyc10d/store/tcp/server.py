@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 
-from ...errors import DistNetworkError
+from ...core.errors import DistNetworkError
 from ..table import KeyValueTable
 from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode, frame_size
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import DistBackendError
-from .mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
-from .shm_ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
-from .tcp_conn import HEADER, HEADER_SIZE
+from ...core.errors import DistBackendError
+from ..mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
+from ..tcp.conn import HEADER, HEADER_SIZE
+from .ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
 
 SPIN_S = 0.0  # how long an idle thread keeps polling (yielding the GIL) before it blocks
 BLOCK_MS = 2  # the longest block on the doorbell before looking again

@@ -1,4 +1,4 @@
-"""Collectives over a :class:`~pyc10d.transport.shm_arena.ShmArena` (every rank on one host).
+"""Collectives over a :class:`~pyc10d.transport.shm.arena.ShmArena` (every rank on one host).
 
 Data goes through the arena's staging slots in rounds of at most ``slot_bytes`` per rank: a rank
 copies its part into its own slot and posts the round, then reads what it needs straight from
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .._tensor_bytes import flat_contiguous
-from .._timeouts import Deadline
-from ..errors import DistBackendError
-from ..process_group.reduce_op import ReduceOp
-from ..transport.shm_arena import RELEASED, ShmArena
+from ..core.errors import DistBackendError
+from ..core.reduce_op import ReduceOp
+from ..core.tensor_bytes import flat_contiguous
+from ..core.timeouts import Deadline
+from ..transport.shm.arena import RELEASED, ShmArena
 from .reduction import reduce_into
 
 SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks

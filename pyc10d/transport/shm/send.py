@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
-from .base import TransportTimeout
-from .shm_ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
-from .tcp_conn import HEADER
+from ...core.errors import DistBackendError
+from ...core.timeouts import Deadline
+from ..base import TransportTimeout
+from ..tcp.conn import HEADER
+from .ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
 
 YIELDS = 50  # full-ring polls that only yield the GIL before sleeping
 MAX_SLEEP_S = 0.001

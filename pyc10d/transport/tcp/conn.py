@@ -2,7 +2,7 @@
 
 Every message is a header (tag u64, length u64, little-endian) followed by the payload. Sockets
 are non-blocking: a sender writes what fits and polls for room until its deadline, the receiver
-thread (:mod:`.tcp_receiver`) reads what has arrived.
+thread (:mod:`.receiver`) reads what has arrived.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import struct
 import threading
 from collections.abc import Callable
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
-from .base import PeerFailedError, TransportTimeout
-from .mailbox import PendingRecv, lock_timeout
+from ...core.errors import DistBackendError
+from ...core.timeouts import Deadline
+from ..base import PeerFailedError, TransportTimeout
+from ..mailbox import PendingRecv, lock_timeout
 
 HEADER = struct.Struct("<QQ")
 HEADER_SIZE = HEADER.size

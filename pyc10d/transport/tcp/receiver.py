@@ -13,10 +13,10 @@ import select
 import threading
 from collections.abc import Callable
 
-from ..errors import DistBackendError
-from .base import PeerFailedError
-from .mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
-from .tcp_conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
+from ...core.errors import DistBackendError
+from ..base import PeerFailedError
+from ..mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
+from .conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
 
 JOIN_TIMEOUT_S = 10.0
 ACCEPT_GRACE_S = 0.005  # how long a large unexpected payload waits for its receive to be posted

@@ -1,8 +1,8 @@
 """``TCPTransport``: the :class:`~pyc10d.transport.base.Transport` of a full mesh of TCP sockets.
 
-The constructor connects every pair of ranks (see :mod:`.tcp_setup`). Sends are written by the
+The constructor connects every pair of ranks (see :mod:`.setup`). Sends are written by the
 calling thread, one message at a time per peer; one receiver thread per transport reads every
-socket (see :mod:`.tcp_receiver`) and matches messages to receives (see :mod:`.mailbox`).
+socket (see :mod:`.receiver`) and matches messages to receives (see :mod:`..mailbox`).
 
 A peer that goes away without closing its transport (it exited or crashed) fails the transport:
 every pending and later call raises :class:`PeerFailedError` naming it. A peer that closes its
@@ -16,15 +16,15 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from .._timeouts import Deadline
-from ..errors import DistBackendError
-from ..store import Store
-from .base import Buffer
-from .mailbox import Mailbox, as_byte_view, fresh_error
-from .mailbox_transport import MailboxTransport
-from .tcp_conn import PeerConn
-from .tcp_receiver import Receiver
-from .tcp_setup import build_mesh
+from ...core.errors import DistBackendError
+from ...core.timeouts import Deadline
+from ...store import Store
+from ..base import Buffer
+from ..mailbox import Mailbox, as_byte_view, fresh_error
+from ..mailbox_transport import MailboxTransport
+from .conn import PeerConn
+from .receiver import Receiver
+from .setup import build_mesh
 
 if TYPE_CHECKING:
     import socket
@@ -105,7 +105,7 @@ class TCPTransport(MailboxTransport):
     Setup goes through ``store`` (already namespaced for this group) and must finish within
     ``timeout`` seconds (0: no limit). Listens on ``bind_host`` (default: all IPv4 interfaces)
     and tells peers to connect to ``advertise_host`` (default: see
-    :func:`~pyc10d.transport.tcp_setup.default_advertise_host`).
+    :func:`~pyc10d.transport.tcp.setup.default_advertise_host`).
     """
 
     def __init__(

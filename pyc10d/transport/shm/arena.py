@@ -1,7 +1,7 @@
 """The shared-memory arena of a group whose ranks all share one host.
 
 Every rank owns one segment that every other rank maps; collectives then move data by plain
-copies and reductions between mapped slots (see ``pyc10d.algorithms.shm``), with no messages and
+copies and reductions between mapped slots (see ``pyc10d.collectives.shm``), with no messages and
 no helper thread. A segment is a control block plus two staging slots::
 
     [0]     POSTED:   last round whose input this rank has put in its slot
@@ -42,11 +42,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._timeouts import Deadline, format_ms
-from ..errors import DistBackendError
-from ..store import PrefixStore, Store
-from .base import TransportTimeout
-from .shm_setup import same_host_peers, wait_for_keys
+from ...core.errors import DistBackendError
+from ...core.timeouts import Deadline, format_ms
+from ...store import PrefixStore, Store
+from ..base import TransportTimeout
+from .setup import same_host_peers, wait_for_keys
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
 SIGNATURE = 32  # u64 at SIGNATURE + 8 * parity: what the collective posting in that slot is

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .._tensor_bytes import byte_view
-from .._timeouts import Deadline
+from ..core.tensor_bytes import byte_view
+from ..core.timeouts import Deadline
 from ..transport.base import Transport, op_tag
-from ..transport.shm_arena import ShmArena
+from ..transport.shm.arena import ShmArena
 
 PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send
 

@@ -16,9 +16,9 @@ import socket
 import struct
 import time
 
-from .._timeouts import Deadline, format_ms
-from ..errors import DistBackendError, DistStoreError
-from ..store import Store, TCPStore
+from ...core.errors import DistBackendError, DistStoreError
+from ...core.timeouts import Deadline, format_ms
+from ...store import Store, TCPStore
 
 ADDR_KEY = "transport/addr/{}"
 NONCE_KEY = "transport/nonce"

@@ -13,15 +13,15 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from ._timeouts import TimeoutLike
-from .launcher.env import (
+from ..core.timeouts import TimeoutLike
+from ..store import FileStore, Store, TCPStore
+from .launch_env import (
     LaunchEnvError,
     detect_master_addr,
     detect_master_port,
     detect_rank,
     detect_world_size,
 )
-from .store import FileStore, Store, TCPStore
 
 DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=30)  # torch's default_pg_timeout
 
@@ -125,7 +125,7 @@ def _env_handler(
     """``env://``: rank and world size from the URL, else torchrun/SLURM/MPI variables.
 
     The master address and port come from MASTER_ADDR/MASTER_PORT, or under SLURM from the node
-    list and job id (see :mod:`pyc10d.launcher.env`).
+    list and job id (see :mod:`pyc10d.rendezvous.launch_env`).
     """
     query = dict(parse_qsl(urlparse(url).query))
     try:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..process_group.reduce_op import ReduceOp
+from ..core.reduce_op import ReduceOp
 
 Reducer = Callable[[torch.Tensor, torch.Tensor], object]
 

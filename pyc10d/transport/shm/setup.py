@@ -18,10 +18,10 @@ import os
 import secrets
 import socket
 
-from .._timeouts import Deadline, format_ms
-from ..errors import DistBackendError, DistStoreError
-from ..store import Store
-from .shm_ring import Ring
+from ...core.errors import DistBackendError, DistStoreError
+from ...core.timeouts import Deadline, format_ms
+from ...store import Store
+from .ring import Ring
 
 HOST_KEY = "shm/host/{}"
 SEG_KEY = "shm/seg/{}"
