@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a group of pyc10d worker processes on this node, as torchrun does "
         "(static rendezvous: each node runs pyc10d-run with its --node-rank).",
     )
+    _add_node_flags(parser)
+    _add_store_flags(parser)
+    _add_lifecycle_flags(parser)
+    _add_job_flags(parser)
+    _add_output_flags(parser)
+    _add_script_flags(parser)
+    return parser
+
+
+def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """The job's size and this node's place in it."""
     add = parser.add_argument
     add(
         "--nnodes",
@@ -81,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="Rank of this node, in [0, nnodes).",
     )
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the job's TCPStore is: the master's address and port."""
+    add = parser.add_argument
     add(
         "--master-addr",
         "--master_addr",
@@ -102,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         action=_EnvFlag,
         help="Single-node job on a free port of this host (--master-port is ignored).",
     )
+
+
+def _add_lifecycle_flags(parser: argparse.ArgumentParser) -> None:
+    """Restarts, monitoring, shutdown and the overall timeout."""
+    add = parser.add_argument
     add(
         "--max-restarts",
         "--max_restarts",
@@ -134,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Not in torchrun: kill all workers still running this many seconds after the launch "
         "(restarts included) and exit with code 124; for catching hangs.",
     )
+
+
+def _add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """The workers' role name and the job id."""
+    add = parser.add_argument
     add("--role", action=_EnvDefault, default="default", help="Role name of the workers.")
     add(
         "--rdzv-id",
@@ -142,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="Job id, given to workers as TORCHELASTIC_RUN_ID.",
     )
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """What the console shows of the workers' output."""
+    add = parser.add_argument
     add(
         "--prefix",
         action=_EnvFlag,
@@ -154,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="Only show the output of these local ranks on the console (e.g. 0,1).",
     )
+
+
+def _add_script_flags(parser: argparse.ArgumentParser) -> None:
+    """How to run the script, the script and its arguments."""
+    add = parser.add_argument
     add(
         "-m",
         "--module",
@@ -168,7 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("training_script", help="The script (or module, with -m) each worker runs.")
     add("training_script_args", nargs=argparse.REMAINDER, help="Arguments passed on to the script.")
-    return parser
 
 
 def _count(parser: argparse.ArgumentParser, flag: str, text: str) -> int:

@@ -167,28 +167,37 @@ def _supervise(ranks: list[_Rank], timeout: float, tmpdir: str) -> list[Any]:
         limit = deadline if grace is None or deadline.at < grace.at else grace
         if not running or limit.expired():
             break
-        waiting: dict[Any, _Rank] = {r.process.sentinel: r for r in running}
-        waiting.update({r.conn: r for r in running if r.conn is not None})
-        ready = wait(list(waiting), limit.remaining())
-        # Exits first: on_exit drains the pipe, so a rank's report is never read twice.
-        for obj in ready:
-            if isinstance(obj, int):
-                waiting[obj].on_exit()
-        for obj in ready:
-            rank = waiting[obj]
-            if not isinstance(obj, int) and rank.conn is obj:
-                rank.read()
-        for rank in ranks:
-            if rank.failure is not None and rank not in failed:
-                failed.append(rank)
-                if grace is None:
-                    grace = Deadline(min(FAILURE_GRACE_SECONDS, deadline.remaining()))
+        _receive(running, limit)
+        if _note_failures(ranks, failed) and grace is None:
+            grace = Deadline(min(FAILURE_GRACE_SECONDS, deadline.remaining()))
     running = [r for r in ranks if not r.exited]
     if failed:
         raise _failed_error(failed, running, grace)
     if running:
         raise _timeout_error(ranks, running, timeout, tmpdir)
     return [r.outcome[1] for r in ranks if r.outcome is not None]
+
+
+def _receive(running: list[_Rank], limit: Deadline) -> None:
+    """Wait until ``limit`` for the running ranks to exit or report, and take in what came."""
+    waiting: dict[Any, _Rank] = {r.process.sentinel: r for r in running}
+    waiting.update({r.conn: r for r in running if r.conn is not None})
+    ready = wait(list(waiting), limit.remaining())
+    # Exits first: on_exit drains the pipe, so a rank's report is never read twice.
+    for obj in ready:
+        if isinstance(obj, int):
+            waiting[obj].on_exit()
+    for obj in ready:
+        rank = waiting[obj]
+        if not isinstance(obj, int) and rank.conn is obj:
+            rank.read()
+
+
+def _note_failures(ranks: list[_Rank], failed: list[_Rank]) -> bool:
+    """Append the ranks that failed since the last call to ``failed``; True if there were any."""
+    new = [r for r in ranks if r.failure is not None and r not in failed]
+    failed.extend(new)
+    return bool(new)
 
 
 def _failed_error(

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -335,6 +335,153 @@ def _random_fill(state: PowerSGDState, tensors: list[torch.Tensor]) -> None:
         tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
 
 
+class _LowRank(NamedTuple):
+    """Gradient matrices of one shape, stacked as ``(count, n, m)``, with their P and Q views."""
+
+    matrices: torch.Tensor  # (count, n, m): M, overwritten by its approximation P Q^T
+    p: torch.Tensor  # (count, n, rank), a view into the bucket's flat P memory
+    q: torch.Tensor  # (count, m, rank), a view into the bucket's flat Q memory
+    originals: list[torch.Tensor]  # what ``matrices`` stacks (copied back), or [] for a view
+
+
+def _select_matrices(
+    state: PowerSGDState, bucket: GradBucket
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int, int]:
+    """Split the gradients into matrices worth compressing and the rest; count the stats.
+
+    Returns ``(matrices, uncompressed, P size, Q size)``; each gradient is viewed as
+    ``(shape[0], -1)``.
+    """
+    matrices: list[torch.Tensor] = []
+    uncompressed: list[torch.Tensor] = []
+    total_p_size = total_q_size = 0
+    for tensor in bucket.gradients():
+        n = tensor.shape[0] if tensor.dim() > 0 else 1
+        m = tensor.numel() // n if n > 0 else 0
+        rank = min(n, m, state.matrix_approximation_rank)
+        worth_it, numel_before, numel_after = _should_compress(
+            n, m, rank, state.min_compression_rate
+        )
+        state.total_numel_before_compression += numel_before
+        if worth_it:
+            matrices.append(tensor.view(n, m))
+            total_p_size += n * rank
+            total_q_size += m * rank
+            state.total_numel_after_compression += numel_after
+        else:
+            uncompressed.append(tensor)
+            state.total_numel_after_compression += numel_before
+    return matrices, uncompressed, total_p_size, total_q_size
+
+
+def _flatten(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """A flat copy of ``tensors`` concatenated (an empty tensor like ``like`` when none)."""
+    return torch.cat([tensor.reshape(-1) for tensor in tensors]) if tensors else like.new_empty(0)
+
+
+def _unflatten_average(flat: torch.Tensor, tensors: list[torch.Tensor], world_size: int) -> None:
+    """Copy the allreduced ``flat`` back into ``tensors``, divided by ``world_size``."""
+    if not tensors:
+        return
+    flat.div_(world_size)
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+
+
+def _low_rank_memory(
+    state: PowerSGDState, bucket_index: int, like: torch.Tensor, p_size: int, q_size: int
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The bucket's flat P and Q memories, and whether they are new (so Q needs random values).
+
+    They are kept across iterations with warm start, made anew at every step without it.
+    """
+    fresh = not state.warm_start or bucket_index not in state.p_memory_dict
+    if fresh:
+        if state.warm_start:
+            logger.info(
+                "Allocating contiguous memory of length %s for Ps, and of length %s for Qs, "
+                "respectively.",
+                p_size,
+                q_size,
+            )
+        state.p_memory_dict[bucket_index] = like.new_empty(p_size)
+        state.q_memory_dict[bucket_index] = like.new_empty(q_size)
+    return state.p_memory_dict[bucket_index], state.q_memory_dict[bucket_index], fresh
+
+
+def _same_shape_batches(
+    matrices: list[torch.Tensor], batch_same_shape: bool
+) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """``(count, n, m)`` batches of ``matrices`` and what each stacks, grouped by shape.
+
+    Matrices of one shape are processed together (stacked when ``batch_same_shape``), in the
+    order torch uses, so P and Q are laid out and seeded as torch lays them out.
+    """
+    by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+    for matrix in matrices:
+        by_shape.setdefault(matrix.shape, []).append(matrix)
+    for same_shape in by_shape.values():
+        if batch_same_shape and len(same_shape) > 1:
+            yield torch.stack(same_shape), same_shape
+        elif batch_same_shape:
+            yield same_shape[0].unsqueeze(0), []
+        else:
+            for matrix in same_shape:
+                yield matrix.unsqueeze(0), []
+
+
+def _low_rank_views(
+    state: PowerSGDState,
+    matrices: list[torch.Tensor],
+    p_memory: torch.Tensor,
+    q_memory: torch.Tensor,
+) -> list[_LowRank]:
+    """The batches of ``matrices`` with their P and Q, laid out in order in the flat memories."""
+    work: list[_LowRank] = []
+    p_offset = q_offset = 0
+    for batch, originals in _same_shape_batches(matrices, state.batch_tensors_with_same_shape):
+        count, n, m = batch.shape
+        rank = min(n, m, state.matrix_approximation_rank)
+        p = p_memory[p_offset : p_offset + count * n * rank].view(count, n, rank)
+        q = q_memory[q_offset : q_offset + count * m * rank].view(count, m, rank)
+        p_offset += count * n * rank
+        q_offset += count * m * rank
+        work.append(_LowRank(batch, p, q, originals))
+    return work
+
+
+def _prepare_qs(state: PowerSGDState, work: list[_LowRank], fresh: bool) -> None:
+    """Fill new Qs with seeded random values, then orthogonalize every Q."""
+    qs = [item.q for item in work]
+    if fresh:
+        _random_fill(state, qs)
+    for q in qs:
+        _orthogonalize(q, state.orthogonalization_epsilon)
+
+
+def _compute_ps(work: list[_LowRank]) -> None:
+    """``P = M Q`` for every batch."""
+    for item in work:
+        torch.bmm(item.matrices, item.q, out=item.p)
+
+
+def _compute_qs(state: PowerSGDState, work: list[_LowRank]) -> None:
+    """Orthogonalize the allreduced P, then ``Q = M^T P`` for every batch."""
+    for item in work:
+        _orthogonalize(item.p, state.orthogonalization_epsilon)
+        torch.bmm(item.matrices.transpose(1, 2), item.p, out=item.q)
+
+
+def _decompress(work: list[_LowRank]) -> None:
+    """``M = P Q^T`` for every batch, copying stacked matrices back to the bucket."""
+    for item in work:
+        torch.bmm(item.p, item.q.transpose(1, 2), out=item.matrices)
+        for i, original in enumerate(item.originals):
+            original.copy_(item.matrices[i])
+
+
 def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> torch.futures.Future:
     """Layer-wise PowerSGD compression of the bucket's gradients (torch's ``powerSGD_hook``).
 
@@ -355,105 +502,30 @@ def powerSGD_hook(state: PowerSGDState, bucket: GradBucket) -> torch.futures.Fut
     input_copy = _apply_error_feedback(state, bucket_index, input_tensor)
 
     # Step I: split the gradients into those worth compressing (as matrices) and the rest.
-    matrices: list[torch.Tensor] = []
-    uncompressed: list[torch.Tensor] = []
-    total_p_size = total_q_size = 0
-    for tensor in bucket.gradients():
-        n = tensor.shape[0] if tensor.dim() > 0 else 1
-        m = tensor.numel() // n if n > 0 else 0
-        rank = min(n, m, state.matrix_approximation_rank)
-        worth_it, numel_before, numel_after = _should_compress(
-            n, m, rank, state.min_compression_rate
-        )
-        state.total_numel_before_compression += numel_before
-        if worth_it:
-            matrices.append(tensor.view(n, m))
-            total_p_size += n * rank
-            total_q_size += m * rank
-            state.total_numel_after_compression += numel_after
-        else:
-            uncompressed.append(tensor)
-            state.total_numel_after_compression += numel_before
+    matrices, uncompressed, total_p_size, total_q_size = _select_matrices(state, bucket)
     _report_compression_stats(bucket, state)
 
     # Step II: the uncompressed gradients go out at once, as one flat tensor.
-    uncompressed_memory = (
-        torch.cat([tensor.reshape(-1) for tensor in uncompressed])
-        if uncompressed
-        else input_tensor.new_empty(0)
-    )
+    uncompressed_memory = _flatten(uncompressed, input_tensor)
     uncompressed_fut = _start_allreduce(uncompressed_memory, process_group)
 
-    # Step III: compress the rest. P and Q live in one flat tensor each (one allreduce each),
-    # kept across iterations with warm start.
-    need_random_qs = not state.warm_start or bucket_index not in state.p_memory_dict
-    if need_random_qs:
-        if state.warm_start:
-            logger.info(
-                "Allocating contiguous memory of length %s for Ps, and of length %s for Qs, "
-                "respectively.",
-                total_p_size,
-                total_q_size,
-            )
-        state.p_memory_dict[bucket_index] = input_tensor.new_empty(total_p_size)
-        state.q_memory_dict[bucket_index] = input_tensor.new_empty(total_q_size)
-    p_memory = state.p_memory_dict[bucket_index]
-    q_memory = state.q_memory_dict[bucket_index]
-
-    # Matrices of one shape are processed together (stacked when batching is on), in the order
-    # torch uses, so P and Q are laid out and seeded as torch lays them out.
-    by_shape: dict[torch.Size, list[torch.Tensor]] = {}
-    for matrix in matrices:
-        by_shape.setdefault(matrix.shape, []).append(matrix)
-
-    def batches() -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        for same_shape in by_shape.values():
-            if state.batch_tensors_with_same_shape and len(same_shape) > 1:
-                yield torch.stack(same_shape), same_shape
-            elif state.batch_tensors_with_same_shape:
-                yield same_shape[0].unsqueeze(0), []
-            else:
-                for matrix in same_shape:
-                    yield matrix.unsqueeze(0), []
-
-    work: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
-    p_offset = q_offset = 0
-    for batch, originals in batches():
-        count, n, m = batch.shape
-        rank = min(n, m, state.matrix_approximation_rank)
-        p = p_memory[p_offset : p_offset + count * n * rank].view(count, n, rank)
-        q = q_memory[q_offset : q_offset + count * m * rank].view(count, m, rank)
-        p_offset += count * n * rank
-        q_offset += count * m * rank
-        work.append((batch, p, q, originals))
-
-    qs = [q for _, _, q, _ in work]
-    if need_random_qs:
-        _random_fill(state, qs)
-    for q in qs:
-        _orthogonalize(q, state.orthogonalization_epsilon)
-
-    for batch, p, q, _ in work:
-        torch.bmm(batch, q, out=p)
+    # Step III: compress the rest. P and Q live in one flat tensor each (one allreduce each).
+    p_memory, q_memory, fresh = _low_rank_memory(
+        state, bucket_index, input_tensor, total_p_size, total_q_size
+    )
+    work = _low_rank_views(state, matrices, p_memory, q_memory)
+    _prepare_qs(state, work, fresh)
+    _compute_ps(work)
     # P is orthogonalized next, so its sum needs no division by world_size.
     _wait(_start_allreduce(p_memory, process_group))
-    for batch, p, q, _ in work:
-        _orthogonalize(p, state.orthogonalization_epsilon)
-        torch.bmm(batch.transpose(1, 2), p, out=q)
+    _compute_qs(state, work)
     q_fut = _start_allreduce(q_memory, process_group)
 
     def decompress() -> torch.Tensor:
-        if uncompressed:
-            uncompressed_memory.div_(world_size)
-            offset = 0
-            for tensor in uncompressed:
-                tensor.copy_(uncompressed_memory[offset : offset + tensor.numel()].view_as(tensor))
-                offset += tensor.numel()
+        """Average the uncompressed gradients, decompress the others, finish the bucket."""
+        _unflatten_average(uncompressed_memory, uncompressed, world_size)
         q_memory.div_(world_size)
-        for batch, p, q, originals in work:
-            torch.bmm(p, q.transpose(1, 2), out=batch)
-            for i, original in enumerate(originals):  # stacked copies go back to the bucket
-                original.copy_(batch[i])
+        _decompress(work)
         _finish_bucket(state, bucket, input_copy, input_tensor)
         return input_tensor
 

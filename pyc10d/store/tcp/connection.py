@@ -62,15 +62,28 @@ class ClientConnection:
             except BlockingIOError:
                 self._wait(self._writable, deadline, seconds)
 
+    def _probe_spins(self) -> int:
+        """The spin budget of a reply while spinning is off: a probe every ``SPIN_PROBE``."""
+        self._since_probe += 1
+        if self._since_probe >= SPIN_PROBE:
+            self._since_probe = 0
+            return SPIN_PROBE
+        return 0
+
+    def _wait_readable(self, deadline: float | None, seconds: float) -> float:
+        """Block in ``poll`` until data comes (the spin is over); returns the deadline it set."""
+        if deadline is None:
+            self._spin //= 2  # spun in vain: spin less next time
+            deadline = time.monotonic() + seconds
+        self._wait(self._readable, deadline, seconds)
+        return deadline
+
     def receive(self, seconds: float) -> tuple[int, int, list[bytes]]:
         """Receive one reply frame ``(status, num, args)`` within ``seconds``."""
         buf = self._inbuf
         spins = self._spin
         if not spins:
-            self._since_probe += 1
-            if self._since_probe >= SPIN_PROBE:
-                self._since_probe = 0
-                spins = SPIN_PROBE
+            spins = self._probe_spins()
         deadline = None
         needed = frame_size(buf)
         while True:
@@ -91,10 +104,7 @@ class ClientConnection:
                 if spins:
                     spins -= 1
                     continue
-                if deadline is None:
-                    self._spin //= 2  # spun in vain: spin less next time
-                    deadline = time.monotonic() + seconds
-                self._wait(self._readable, deadline, seconds)
+                deadline = self._wait_readable(deadline, seconds)
                 continue
             if not size:
                 raise ConnectionError("the server closed the connection")

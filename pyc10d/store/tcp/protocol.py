@@ -86,16 +86,22 @@ def frame_size(buf: bytearray | bytes) -> int:
     return 4 + ARG_LEN.unpack_from(buf, 0)[0]
 
 
+def _check_partial_header(buf: bytes, offset: int) -> None:
+    """Raise ProtocolError if the incomplete header at ``offset`` has an invalid length."""
+    if len(buf) - offset < 4:
+        return  # not even the length is there yet
+    if not HEADER_BODY <= ARG_LEN.unpack_from(buf, offset)[0] <= MAX_FRAME:
+        raise ProtocolError("invalid frame length")
+
+
 def decode(buf: bytes, offset: int) -> tuple[int, int, int, list[bytes]] | None:
     """Parse the frame at ``offset``: ``(end offset, code, num, args)``, or None if incomplete.
 
     ``args`` are slices of ``buf``: pass ``bytes`` to get ``bytes`` arguments.
     Raises ProtocolError for a length or argument layout that cannot be valid.
     """
-    available = len(buf) - offset
-    if available < HEADER.size:
-        if available >= 4 and not HEADER_BODY <= ARG_LEN.unpack_from(buf, offset)[0] <= MAX_FRAME:
-            raise ProtocolError("invalid frame length")
+    if len(buf) - offset < HEADER.size:
+        _check_partial_header(buf, offset)
         return None
     size, code, nargs, num = HEADER.unpack_from(buf, offset)
     if not HEADER_BODY <= size <= MAX_FRAME:

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ...core.errors import DistNetworkError
 from ..table import KeyValueTable
@@ -68,6 +69,20 @@ class _Poller:
             self._epoll.close()
 
 
+def _spin_before_blocking(spin: int, idle_polls: int, blocked: int) -> tuple[int, int]:
+    """The event loop's ``(spin, blocked)`` as it is about to block in ``poll``.
+
+    A spin that found nothing is halved; once spinning is off, it is probed again after
+    ``SPIN_PROBE`` blocking waits.
+    """
+    if idle_polls == spin and spin:
+        spin //= 2
+    blocked += 1
+    if not spin and blocked >= SPIN_PROBE:
+        spin, blocked = SPIN_PROBE, 0
+    return spin, blocked
+
+
 class _Connection:
     """One client's socket and buffers."""
 
@@ -80,6 +95,9 @@ class _Connection:
         self.needed = 0  # bytes ``inbuf`` must reach before it holds a whole frame
         self.outbuf = bytearray()
         self.closed = False
+
+
+_Handler = Callable[[_Connection, int, list[bytes]], None]  # (conn, num, args) of a request
 
 
 class _Waiter:
@@ -138,6 +156,7 @@ class StoreServer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stopping = False
+        self._handlers = self._request_handlers()
         self._thread = threading.Thread(
             target=self._run, name=f"pyc10d-store-{self.port}", daemon=True
         )
@@ -155,11 +174,12 @@ class StoreServer:
             self._thread.join()
 
     def _run(self) -> None:
+        """The event loop: serve the ready sockets and the due timers until :meth:`stop`."""
         poller = self._poller
         listen_fd, wake_fd = self._listener.fileno(), self._wake_r
         poller.register(listen_fd, READ)
         poller.register(wake_fd, READ)
-        by_fd = self._by_fd
+        dispatch = self._dispatch  # bound once: no method object per loop iteration
         spin = SPIN_POLLS  # adapts: grows back when spinning finds work, halves when it does not
         idle_polls = 0
         blocked = 0
@@ -170,41 +190,47 @@ class StoreServer:
                 if idle_polls < spin:
                     events = poller.poll(0.0)
                 else:
-                    if idle_polls == spin and spin:
-                        spin //= 2
-                    blocked += 1
-                    if not spin and blocked >= SPIN_PROBE:
-                        spin, blocked = SPIN_PROBE, 0
+                    spin, blocked = _spin_before_blocking(spin, idle_polls, blocked)
                     events = poller.poll(self._next_timer_delay())
                 if not events:
                     idle_polls += 1
-                elif idle_polls:
-                    if idle_polls < spin:  # the spin caught this request: keep spinning
-                        spin = SPIN_POLLS
-                    idle_polls = 0
-                for fd, mask in events:
-                    conn = by_fd.get(fd)
-                    if conn is not None:
-                        if mask & READ_OR_HUP:
-                            self._on_readable(conn)
-                        if mask & WRITE and not conn.closed:
-                            self._flush(conn)
-                    elif fd == listen_fd:
-                        self._accept()
-                    elif fd == wake_fd:
-                        with contextlib.suppress(OSError):
-                            os.read(wake_fd, 64)
+                else:
+                    if idle_polls:
+                        if idle_polls < spin:  # the spin caught this request: keep spinning
+                            spin = SPIN_POLLS
+                        idle_polls = 0
+                    dispatch(events, listen_fd, wake_fd)
                 if self._timers:
                     self._fire_timers()
         except Exception:  # pragma: no cover - a bug in the loop must not pass silently
             log.exception("pyc10d TCPStore server loop crashed")
         finally:
-            for conn in list(self._connections):
-                self._close(conn)
-            poller.close()
-            self._listener.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._shut_down()
+
+    def _dispatch(self, events: list[tuple[int, int]], listen_fd: int, wake_fd: int) -> None:
+        """Serve the ready ``(fd, mask)`` pairs: clients, the listener and the wake-up pipe."""
+        by_fd = self._by_fd
+        for fd, mask in events:
+            conn = by_fd.get(fd)
+            if conn is not None:
+                if mask & READ_OR_HUP:
+                    self._on_readable(conn)
+                if mask & WRITE and not conn.closed:
+                    self._flush(conn)
+            elif fd == listen_fd:
+                self._accept()
+            elif fd == wake_fd:
+                with contextlib.suppress(OSError):
+                    os.read(wake_fd, 64)
+
+    def _shut_down(self) -> None:
+        """Close every connection, the poller, the listener and the wake-up pipe."""
+        for conn in list(self._connections):
+            self._close(conn)
+        self._poller.close()
+        self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # -- sockets ------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -298,77 +324,141 @@ class StoreServer:
 
     # -- requests -----------------------------------------------------------------------------
     def _handle(self, conn: _Connection, op: int, num: int, args: list[bytes]) -> None:
-        table = self._table
-        if op == Op.GET or op == Op.WAIT or op == Op.MULTI_GET:
-            keys = [a.decode() for a in args]
-            waiter = _Waiter(conn, op, keys)
-            if not self._try_finish(waiter):
-                self._add_timer(waiter, num)
-        elif op == Op.SET:
-            key = args[0].decode()
-            table.set(key, args[1])
-            # waiters are answered before the writer, so a writer that exits as soon as it
-            # hears back cannot take the (in-process) server down before they are told
-            self._key_changed(key)
-            if num:  # acknowledged only when asked: clients do not wait for SET (as in torch)
-                self._reply(conn, Status.OK)
-        elif op == Op.ADD:
-            key = args[0].decode()
-            try:
-                total = table.add(key, num)
-            except ValueError as exc:
-                self._reply(conn, Status.VALUE_ERROR, 0, [str(exc).encode()])
-                return
-            self._key_changed(key)
-            self._reply(conn, Status.OK, total)
-        elif op == Op.COMPARE_SET:
-            key = args[0].decode()
-            result = table.compare_set(key, args[1], args[2])
-            self._key_changed(key)
-            self._reply(conn, Status.OK, 0, [result])
-        elif op == Op.CHECK:
-            self._reply(conn, Status.OK, int(not table.missing(a.decode() for a in args)))
-        elif op == Op.DELETE:
-            self._reply(conn, Status.OK, int(table.delete(args[0].decode())))
-        elif op == Op.NUM_KEYS:
-            self._reply(conn, Status.OK, table.num_user_keys)
-        elif op == Op.LIST_KEYS:
-            self._reply(conn, Status.OK, 0, [k.encode() for k in table.list_keys()])
-        elif op == Op.MULTI_SET:
-            if len(args) % 2:
-                raise ProtocolError("MULTI_SET needs key/value pairs")
-            keys = [a.decode() for a in args[0::2]]
-            for key, value in zip(keys, args[1::2], strict=True):
-                table.set(key, value)
-            for key in keys:
-                self._key_changed(key)
-            if num:
-                self._reply(conn, Status.OK)
-        elif op == Op.APPEND:
-            key = args[0].decode()
-            table.append(key, args[1])
-            self._key_changed(key)
-            self._reply(conn, Status.OK)
-        elif op == Op.QUEUE_PUSH:
-            self._queue_push(args[0].decode(), args[1])
-            self._reply(conn, Status.OK)
-        elif op == Op.QUEUE_POP:
-            key = args[0].decode()
-            value = table.queue_pop(key)
-            if value is not None:
-                self._reply(conn, Status.OK, 0, [value])
-            elif num == NO_TIMEOUT:
-                self._reply(conn, Status.QUEUE_EMPTY)
-            else:
-                waiter = _Waiter(conn, op, [key])
-                self._queue_waiters.setdefault(key, deque()).append(waiter)
-                self._add_timer(waiter, num)
-        elif op == Op.QUEUE_LEN:
-            self._reply(conn, Status.OK, table.queue_len(args[0].decode()))
-        elif op == Op.PING:
-            self._reply(conn, Status.OK, num)
-        else:
+        """Serve one request with the handler of its opcode."""
+        handler = self._handlers.get(op)
+        if handler is None:
             raise ProtocolError(f"unknown opcode {op}")
+        handler(conn, num, args)
+
+    def _request_handlers(self) -> dict[int, _Handler]:
+        """The handler of each opcode, as bound methods keyed by plain ``int`` (fast lookups)."""
+        handlers: dict[Op, _Handler] = {
+            Op.SET: self._on_set,
+            Op.GET: self._on_get,
+            Op.ADD: self._on_add,
+            Op.COMPARE_SET: self._on_compare_set,
+            Op.WAIT: self._on_wait,
+            Op.CHECK: self._on_check,
+            Op.DELETE: self._on_delete,
+            Op.NUM_KEYS: self._on_num_keys,
+            Op.LIST_KEYS: self._on_list_keys,
+            Op.MULTI_GET: self._on_multi_get,
+            Op.MULTI_SET: self._on_multi_set,
+            Op.APPEND: self._on_append,
+            Op.QUEUE_PUSH: self._on_queue_push,
+            Op.QUEUE_POP: self._on_queue_pop,
+            Op.QUEUE_LEN: self._on_queue_len,
+            Op.PING: self._on_ping,
+        }
+        return {int(op): handler for op, handler in handlers.items()}
+
+    def _on_get(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """GET: the key's value once it exists (TIMEOUT after ``num`` ms, 0: never)."""
+        waiter = _Waiter(conn, Op.GET, [a.decode() for a in args])
+        if not self._try_finish(waiter):
+            self._add_timer(waiter, num)
+
+    def _on_wait(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """WAIT: OK once every key exists (TIMEOUT after ``num`` ms, 0: never)."""
+        waiter = _Waiter(conn, Op.WAIT, [a.decode() for a in args])
+        if not self._try_finish(waiter):
+            self._add_timer(waiter, num)
+
+    def _on_multi_get(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """MULTI_GET: the keys' values once they all exist (TIMEOUT after ``num`` ms, 0: never)."""
+        waiter = _Waiter(conn, Op.MULTI_GET, [a.decode() for a in args])
+        if not self._try_finish(waiter):
+            self._add_timer(waiter, num)
+
+    def _on_set(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """SET: store the value; acknowledged only when ``num`` asks (clients do not wait)."""
+        key = args[0].decode()
+        self._table.set(key, args[1])
+        # waiters are answered before the writer, so a writer that exits as soon as it
+        # hears back cannot take the (in-process) server down before they are told
+        self._key_changed(key)
+        if num:  # acknowledged only when asked: clients do not wait for SET (as in torch)
+            self._reply(conn, Status.OK)
+
+    def _on_add(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """ADD: add ``num`` to the key's integer value; reply with the total."""
+        key = args[0].decode()
+        try:
+            total = self._table.add(key, num)
+        except ValueError as exc:
+            self._reply(conn, Status.VALUE_ERROR, 0, [str(exc).encode()])
+            return
+        self._key_changed(key)
+        self._reply(conn, Status.OK, total)
+
+    def _on_compare_set(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """COMPARE_SET: set the key if it holds the expected value; reply with its value."""
+        key = args[0].decode()
+        result = self._table.compare_set(key, args[1], args[2])
+        self._key_changed(key)
+        self._reply(conn, Status.OK, 0, [result])
+
+    def _on_check(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """CHECK: 1 if every key exists, else 0."""
+        self._reply(conn, Status.OK, int(not self._table.missing(a.decode() for a in args)))
+
+    def _on_delete(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """DELETE: remove the key; 1 if it existed."""
+        self._reply(conn, Status.OK, int(self._table.delete(args[0].decode())))
+
+    def _on_num_keys(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """NUM_KEYS: the number of user keys."""
+        self._reply(conn, Status.OK, self._table.num_user_keys)
+
+    def _on_list_keys(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """LIST_KEYS: every key."""
+        self._reply(conn, Status.OK, 0, [k.encode() for k in self._table.list_keys()])
+
+    def _on_multi_set(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """MULTI_SET: store key/value pairs; acknowledged only when ``num`` asks."""
+        if len(args) % 2:
+            raise ProtocolError("MULTI_SET needs key/value pairs")
+        table = self._table
+        keys = [a.decode() for a in args[0::2]]
+        for key, value in zip(keys, args[1::2], strict=True):
+            table.set(key, value)
+        for key in keys:
+            self._key_changed(key)
+        if num:
+            self._reply(conn, Status.OK)
+
+    def _on_append(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """APPEND: append to the key's value (created if missing)."""
+        key = args[0].decode()
+        self._table.append(key, args[1])
+        self._key_changed(key)
+        self._reply(conn, Status.OK)
+
+    def _on_queue_push(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """QUEUE_PUSH: hand the value to a parked pop, or queue it."""
+        self._queue_push(args[0].decode(), args[1])
+        self._reply(conn, Status.OK)
+
+    def _on_queue_pop(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """QUEUE_POP: the oldest value; QUEUE_EMPTY without a timeout, else park until a push."""
+        key = args[0].decode()
+        value = self._table.queue_pop(key)
+        if value is not None:
+            self._reply(conn, Status.OK, 0, [value])
+        elif num == NO_TIMEOUT:
+            self._reply(conn, Status.QUEUE_EMPTY)
+        else:
+            waiter = _Waiter(conn, Op.QUEUE_POP, [key])
+            self._queue_waiters.setdefault(key, deque()).append(waiter)
+            self._add_timer(waiter, num)
+
+    def _on_queue_len(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """QUEUE_LEN: the number of values queued under the key."""
+        self._reply(conn, Status.OK, self._table.queue_len(args[0].decode()))
+
+    def _on_ping(self, conn: _Connection, num: int, args: list[bytes]) -> None:
+        """PING: echo ``num``."""
+        self._reply(conn, Status.OK, num)
 
     def _try_finish(self, waiter: _Waiter) -> bool:
         """Answer ``waiter`` if all its keys exist; otherwise park it on the first missing key."""
