@@ -16,50 +16,24 @@ from .core.errors import (
     QueueEmptyError,
 )
 from .nn.parallel import DistributedDataParallel
-from .process_group import (
-    AllgatherOptions,
-    AllreduceCoalescedOptions,
-    AllreduceOptions,
-    AllToAllOptions,
-    BarrierOptions,
-    BroadcastOptions,
-    GatherOptions,
-    ProcessGroup,
-    ReduceOp,
-    ReduceOptions,
-    ReduceScatterOptions,
-    ScatterOptions,
-    Work,
-)
+from .process_group import *  # noqa: F403
+from .process_group import __all__ as _process_group_all
 from .rendezvous import register_rendezvous_handler, rendezvous
 from .store import FileStore, HashStore, PrefixStore, Store, TCPStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AllToAllOptions",
-    "AllgatherOptions",
-    "AllreduceCoalescedOptions",
-    "AllreduceOptions",
-    "BarrierOptions",
-    "BroadcastOptions",
     "DistBackendError",
     "DistError",
     "DistNetworkError",
     "DistStoreError",
     "FileStore",
-    "GatherOptions",
     "HashStore",
     "PrefixStore",
-    "ProcessGroup",
     "QueueEmptyError",
-    "ReduceOp",
-    "ReduceOptions",
-    "ReduceScatterOptions",
-    "ScatterOptions",
     "Store",
     "TCPStore",
-    "Work",
     "DistributedDataParallel",
     "data",
     "futures",
@@ -67,4 +41,5 @@ __all__ = [
     "register_rendezvous_handler",
     "rendezvous",
     *_api_all,
+    *_process_group_all,
 ]

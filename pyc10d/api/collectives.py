@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..core.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
+from ..core.reduce_op import ReduceOp, ReduceOpLike, supports_complex
 from ..process_group import ProcessGroup, Work
 from ..process_group.options import (
     AllgatherOptions,
@@ -53,27 +53,8 @@ __all__ = [
     "supports_complex",
 ]
 
-_NOT_FOR_COMPLEX = frozenset(
-    {
-        RedOpType.MAX,
-        RedOpType.MIN,
-        RedOpType.PRODUCT,
-        RedOpType.BAND,
-        RedOpType.BOR,
-        RedOpType.BXOR,
-    }
-)
-
 
 # -- argument checks (torch's front-end checks, with its wording) -----------------------------
-def supports_complex(reduceOp: ReduceOpLike) -> bool:
-    """Whether ``reduceOp`` is meaningful on complex tensors (viewed as real), as in torch.
-
-    MAX, MIN, PRODUCT and the bitwise ops are not; ``reduceOp`` may be ours or torch's.
-    """
-    return reduce_op_of(reduceOp) not in _NOT_FOR_COMPLEX
-
-
 def _check_single_tensor(param: Any, param_name: str) -> None:
     """TypeError (torch's message) unless ``param`` is a tensor."""
     if not isinstance(param, torch.Tensor):

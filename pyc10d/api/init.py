@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from ..core.timeouts import to_timedelta
+from ..core.timeouts import DEFAULT_PG_TIMEOUT, to_timedelta
 from ..process_group import ProcessGroup
-from ..process_group.options import DEFAULT_PG_TIMEOUT, Options
+from ..process_group.options import Options
 from ..rendezvous import rendezvous
 from ..store import PrefixStore, Store
 from .state import PYC10D, Backend, GroupInfo, _world

@@ -9,9 +9,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..core.tags import op_tag
 from ..core.tensor_bytes import byte_view
 from ..core.timeouts import Deadline
-from ..transport.base import Transport, op_tag
+from ..transport.base import Transport
 from ..transport.shm.arena import ShmArena
 
 PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send

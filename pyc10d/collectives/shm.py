@@ -22,7 +22,7 @@ from ..core.errors import DistBackendError
 from ..core.reduce_op import ReduceOp
 from ..core.tensor_bytes import flat_contiguous
 from ..core.timeouts import Deadline
-from ..transport.shm.arena import RELEASED, ShmArena
+from ..transport.shm.arena import ShmArena, sizes_header_bytes
 from .reduction import reduce_into
 
 SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks
@@ -86,7 +86,7 @@ def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline:
         for owner in arena.peers:
             lo, hi = _bounds(count, size, owner)
             chunk[lo:hi].copy_(parts[owner][lo:hi])
-    arena.publish(RELEASED, round_)
+    arena.release(round_)
 
 
 def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline: Deadline) -> None:
@@ -104,7 +104,7 @@ def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline:
             arena.wait_posted(round_, arena.peers, deadline, "reduce")
             slots = [arena.typed(owner, round_, dtype)[:count] for owner in range(arena.size)]
             _combine(op, chunk, slots)
-        arena.publish(RELEASED, round_)
+        arena.release(round_)
 
 
 def broadcast(arena: ShmArena, flat: torch.Tensor, root: int, deadline: Deadline) -> None:
@@ -122,7 +122,7 @@ def broadcast(arena: ShmArena, flat: torch.Tensor, root: int, deadline: Deadline
         else:
             arena.wait_posted(round_, (root,), deadline, "broadcast")
             chunk.copy_(arena.slot(root, round_)[: chunk.numel()])
-        arena.publish(RELEASED, round_)
+        arena.release(round_)
 
 
 def allgather(
@@ -144,7 +144,7 @@ def allgather(
         for owner in arena.peers:
             part = arena.typed(owner, round_, dtype)[:count]
             flat_recv[owner][start : start + count].copy_(part)
-        arena.publish(RELEASED, round_)
+        arena.release(round_)
 
 
 def _post_blocks(
@@ -186,12 +186,7 @@ def reduce_scatter(
         lo, hi = rank * count, (rank + 1) * count
         parts = [arena.typed(owner, round_, dtype)[lo:hi] for owner in range(arena.size)]
         _combine(op, out[start : start + count], parts)
-        arena.publish(RELEASED, round_)
-
-
-def sizes_header_bytes(world_size: int) -> int:
-    """Bytes at the start of a slot holding a rank's alltoall block sizes (64-byte aligned)."""
-    return (world_size * 8 + 63) // 64 * 64
+        arena.release(round_)
 
 
 def alltoall(
@@ -233,7 +228,7 @@ def alltoall(
                 offset = base + rank * step
                 part = arena.typed(owner, round_, dtype)[offset : offset + count]
                 outs[owner][start : start + count].copy_(part)
-        arena.publish(RELEASED, round_)
+        arena.release(round_)
         start += step
 
 
@@ -244,7 +239,7 @@ def _agreed_longest(arena: ShmArena, round_: int, outs: Sequence[torch.Tensor]) 
     rows = [arena.head(owner, round_).tolist() for owner in range(size)]
     for peer in arena.peers:
         if rows[peer][rank] != outs[peer].numel():
-            arena.publish(RELEASED, round_)
+            arena.release(round_)
             raise DistBackendError(
                 f"rank {peer} sends {rows[peer][rank]} elements to rank {rank}, which expects "
                 f"{outs[peer].numel()} (split sizes disagree)"
@@ -258,4 +253,4 @@ def barrier(arena: ShmArena, deadline: Deadline) -> None:
     round_ = arena.start_round(deadline, "barrier")  # claimed: peers may still read its signature
     arena.post(round_)
     arena.wait_posted(round_, arena.peers, deadline, "barrier")
-    arena.publish(RELEASED, round_)
+    arena.release(round_)

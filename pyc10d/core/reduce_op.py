@@ -15,11 +15,14 @@ from typing import Any
 import torch
 
 __all__ = [
+    "BITWISE_OPS",
+    "NOT_FOR_COMPLEX",
     "RedOpType",
     "ReduceOp",
     "ReduceOpLike",
     "make_premul_sum",
     "reduce_op_of",
+    "supports_complex",
     "to_reduce_op",
 ]
 
@@ -45,6 +48,13 @@ class RedOpType(enum.IntEnum):
     def __format__(self, spec: str) -> str:
         """Formats like ``str(op)`` (``IntEnum`` would format the number)."""
         return format(str(self), spec)
+
+
+BITWISE_OPS = frozenset({RedOpType.BAND, RedOpType.BOR, RedOpType.BXOR})
+"""Reductions defined only on bool and integer tensors."""
+
+NOT_FOR_COMPLEX = BITWISE_OPS | {RedOpType.PRODUCT, RedOpType.MIN, RedOpType.MAX}
+"""Reductions torch refuses on complex tensors (no order, no complex bitwise, no product)."""
 
 
 class _ReduceOpMeta(type):
@@ -192,3 +202,9 @@ def to_reduce_op(op: ReduceOpLike) -> ReduceOp:
     result = ReduceOp.__new__(ReduceOp)
     result.__setstate__(state)
     return result
+
+
+def supports_complex(op: ReduceOpLike) -> bool:
+    """Whether ``op`` (ours or torch's) is meaningful on complex tensors, as in torch: MAX, MIN,
+    PRODUCT and the bitwise ops are not."""
+    return reduce_op_of(op) not in NOT_FOR_COMPLEX

@@ -1,4 +1,5 @@
-"""Conversions between user-facing timeouts (timedelta or seconds) and deadlines."""
+"""Timeouts: users give a timedelta (or seconds), the group turns it into one :class:`Deadline`
+per operation, and every layer below waits on that Deadline (messages print it in ms, as torch)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import time
 from datetime import timedelta
 
 TimeoutLike = timedelta | float | int
+
+DEFAULT_PG_TIMEOUT = timedelta(minutes=30)
+"""The timeout of a group, and of rendezvous, when none is given (torch's default_pg_timeout)."""
 
 
 def to_timedelta(timeout: TimeoutLike, what: str = "timeout") -> timedelta:
@@ -32,14 +36,16 @@ def format_ms(seconds: float) -> str:
 
 
 class Deadline:
-    """A point in monotonic time; ``remaining()`` counts down to zero.
+    """A point in monotonic time, ``timeout`` (a timedelta or seconds) from now.
 
+    ``remaining()`` counts down to zero; ``seconds`` is the whole span, for messages.
     ``Deadline(0)`` never expires: like torch's ``kNoTimeout``, a zero store timeout waits forever.
     """
 
     __slots__ = ("at", "seconds")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, timeout: TimeoutLike) -> None:
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self.seconds = seconds
         self.at = time.monotonic() + seconds if seconds > 0 else float("inf")
 

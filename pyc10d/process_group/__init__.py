@@ -2,33 +2,9 @@
 timeouts and failure detection."""
 
 from ..core.reduce_op import ReduceOp
-from .options import (
-    AllgatherOptions,
-    AllreduceCoalescedOptions,
-    AllreduceOptions,
-    AllToAllOptions,
-    BarrierOptions,
-    BroadcastOptions,
-    GatherOptions,
-    ReduceOptions,
-    ReduceScatterOptions,
-    ScatterOptions,
-)
+from .options import *  # noqa: F403
+from .options import __all__ as _option_classes
 from .process_group import ProcessGroup
 from .work import Work
 
-__all__ = [
-    "AllToAllOptions",
-    "AllgatherOptions",
-    "AllreduceCoalescedOptions",
-    "AllreduceOptions",
-    "BarrierOptions",
-    "BroadcastOptions",
-    "GatherOptions",
-    "ProcessGroup",
-    "ReduceOp",
-    "ReduceOptions",
-    "ReduceScatterOptions",
-    "ScatterOptions",
-    "Work",
-]
+__all__ = ["ProcessGroup", "ReduceOp", "Work", *_option_classes]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from ..core.errors import TransportTimeout
 from ..core.timeouts import Deadline
-from ..transport.base import TransportTimeout
 
 _POLL_S = 1.0  # the longest sleep between looks at the deadline
 

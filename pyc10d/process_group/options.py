@@ -13,12 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from ..core.reduce_op import ReduceOp, ReduceOpLike, to_reduce_op
-from ..core.timeouts import to_timedelta
+from ..core.timeouts import DEFAULT_PG_TIMEOUT, to_timedelta
 
+# The per-call option classes, which torch.distributed exports at top level (the group's own
+# ``Options`` is reached as ``ProcessGroup.Options``, as in torch).
 __all__ = [
-    "DEFAULT_PG_TIMEOUT",
-    "DEFAULT_THREADS",
-    "UNSET_TIMEOUT",
     "AllToAllOptions",
     "AllgatherOptions",
     "AllreduceCoalescedOptions",
@@ -26,19 +25,13 @@ __all__ = [
     "BarrierOptions",
     "BroadcastOptions",
     "GatherOptions",
-    "Options",
     "ReduceOptions",
     "ReduceScatterOptions",
     "ScatterOptions",
-    "is_unset_timeout",
-    "resolve_timeout",
 ]
 
 UNSET_TIMEOUT = timedelta(milliseconds=-1)
 """A collective timeout that is not set (torch's ``kUnsetTimeout``): the group's applies."""
-
-DEFAULT_PG_TIMEOUT = timedelta(minutes=30)
-"""The group timeout when none is given (torch's ``default_pg_timeout``)."""
 
 DEFAULT_THREADS = 2
 """Worker threads of a group by default (torch's ``ProcessGroupGloo._Options._threads``)."""
@@ -68,7 +61,7 @@ def _check_int(value: Any, what: str) -> int:
     return value.__index__()
 
 
-class _CollectiveOptions:
+class CollectiveOptions:
     """Fields every collective's options share: ``timeout`` and ``asyncOp``."""
 
     __slots__ = ("_timeout", "asyncOp")
@@ -95,7 +88,7 @@ class _CollectiveOptions:
         return f"{type(self).__name__}({fields})"
 
 
-class _ReduceOpField(_CollectiveOptions):
+class ReduceOpOptions(CollectiveOptions):
     """Adds ``reduceOp`` (default ``SUM``), stored as a :class:`ReduceOp` object like torch.
 
     Field mixins declare no slots (bases with slots cannot be combined); the concrete option
@@ -119,7 +112,7 @@ class _ReduceOpField(_CollectiveOptions):
         self._reduceOp = to_reduce_op(value)
 
 
-class _RootRankField(_CollectiveOptions):
+class RootRankOptions(CollectiveOptions):
     """Adds ``rootRank`` (default 0)."""
 
     __slots__ = ()
@@ -139,7 +132,7 @@ class _RootRankField(_CollectiveOptions):
         self._rootRank = _check_int(value, "rootRank")
 
 
-class _RootTensorField(_RootRankField):
+class RootTensorOptions(RootRankOptions):
     """Adds ``rootTensor`` (default 0): which of the root's tensors is the source."""
 
     __slots__ = ()
@@ -159,7 +152,7 @@ class _RootTensorField(_RootRankField):
         self._rootTensor = _check_int(value, "rootTensor")
 
 
-class AllreduceOptions(_ReduceOpField):
+class AllreduceOptions(ReduceOpOptions):
     """Options of ``allreduce``: ``reduceOp`` (SUM), ``timeout``, ``asyncOp`` (torch's)."""
 
     __slots__ = ("_reduceOp",)
@@ -171,49 +164,49 @@ class AllreduceCoalescedOptions(AllreduceOptions):
     __slots__ = ()
 
 
-class BroadcastOptions(_RootTensorField):
+class BroadcastOptions(RootTensorOptions):
     """Options of ``broadcast``: ``rootRank`` (0), ``rootTensor`` (0), ``timeout``, ``asyncOp``."""
 
     __slots__ = ("_rootRank", "_rootTensor")
 
 
-class ReduceOptions(_ReduceOpField, _RootTensorField):
+class ReduceOptions(ReduceOpOptions, RootTensorOptions):
     """Options of ``reduce``: ``reduceOp`` (SUM), ``rootRank``, ``rootTensor`` (0), ``timeout``."""
 
     __slots__ = ("_reduceOp", "_rootRank", "_rootTensor")
 
 
-class GatherOptions(_RootRankField):
+class GatherOptions(RootRankOptions):
     """Options of ``gather``: ``rootRank`` (0), ``timeout``, ``asyncOp``."""
 
     __slots__ = ("_rootRank",)
 
 
-class ScatterOptions(_RootRankField):
+class ScatterOptions(RootRankOptions):
     """Options of ``scatter``: ``rootRank`` (0), ``timeout``, ``asyncOp``."""
 
     __slots__ = ("_rootRank",)
 
 
-class ReduceScatterOptions(_ReduceOpField):
+class ReduceScatterOptions(ReduceOpOptions):
     """Options of ``reduce_scatter`` and its tensor forms: ``reduceOp`` (SUM), ``timeout``."""
 
     __slots__ = ("_reduceOp",)
 
 
-class AllgatherOptions(_CollectiveOptions):
+class AllgatherOptions(CollectiveOptions):
     """Options of ``allgather`` and its tensor forms: ``timeout``, ``asyncOp``."""
 
     __slots__ = ()
 
 
-class AllToAllOptions(_CollectiveOptions):
+class AllToAllOptions(CollectiveOptions):
     """Options of ``alltoall`` and ``alltoall_base``: ``timeout``, ``asyncOp``."""
 
     __slots__ = ()
 
 
-class BarrierOptions(_CollectiveOptions):
+class BarrierOptions(CollectiveOptions):
     """Options of ``barrier``: ``device_ids`` ([]), ``device`` (None), ``timeout``, ``asyncOp``."""
 
     __slots__ = ("device", "device_ids")

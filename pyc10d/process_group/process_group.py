@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,13 +27,14 @@ from ..collectives import exchange
 from ..collectives.context import OpContext
 from ..collectives.reduction import finish_average, reduce_into
 from ..collectives.sparse import sparse_allreduce
-from ..core.errors import DistBackendError
-from ..core.reduce_op import ReduceOp, reduce_op_of
+from ..core.errors import DistBackendError, TransportTimeout, with_context
+from ..core.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
+from ..core.tags import p2p_tag
 from ..core.tensor_bytes import byte_view, flat_contiguous
-from ..core.timeouts import Deadline, to_timedelta
+from ..core.timeouts import Deadline
 from ..store import PrefixStore, Store
 from ..transport import make_transport
-from ..transport.base import Transport, TransportTimeout, p2p_tag
+from ..transport.base import Transport
 from ..transport.factory import make_arena
 from ..transport.shm.arena import ShmArena
 from . import validation as check
@@ -46,11 +47,14 @@ from .options import (
     AllToAllOptions,
     BarrierOptions,
     BroadcastOptions,
+    CollectiveOptions,
     GatherOptions,
     Options,
+    ReduceOpOptions,
     ReduceOptions,
     ReduceScatterOptions,
     ScatterOptions,
+    resolve_timeout,
 )
 from .staging import staged_on_host
 from .work import Work
@@ -58,7 +62,10 @@ from .work import Work
 Body = Callable[[OpContext], None]
 
 
-_ZERO = timedelta(0)
+OptionsT = TypeVar("OptionsT", bound=CollectiveOptions)
+
+Factor = float | torch.Tensor | None
+"""A PREMUL_SUM factor (None for every other reduction)."""
 
 
 def _future_value(outputs: list) -> Any:
@@ -100,29 +107,23 @@ class ProcessGroup:
         self._size = world_size
         generation = store.add(f"pyc10d/process_groups/{rank}", 1)
         self._store = PrefixStore(f"pyc10d/pg{generation}", store)
-        self._transport = make_transport(
+        setup = Deadline(self.options.timeout)  # connecting must finish within the group timeout
+        self._transport = transport = make_transport(
             self._store,
             rank,
             world_size,
-            self._default_timeout().total_seconds(),
-            bind_host=getattr(self.options, "bind_host", None),
-            advertise_host=getattr(self.options, "advertise_host", None),
+            setup,
+            bind_host=self.options.bind_host,
+            advertise_host=self.options.advertise_host,
         )
-        transport = self._transport
         try:
-            self._arena = make_arena(
-                self._store,
-                rank,
-                world_size,
-                self._default_timeout().total_seconds(),
-                getattr(transport, "peer_failure", lambda _peers: transport.error),
-            )
+            self._arena = make_arena(self._store, rank, world_size, setup, transport.peer_failure)
         except BaseException:
             transport.close()
             raise
         self._order = IssueOrder()
         name = f"pyc10d-pg{generation}-r{rank}"
-        self._engine = Engine(int(getattr(self.options, "threads", 2)), name)
+        self._engine = Engine(self.options.threads, name)
         self._p2p_engines: dict[object, Engine] = {}
         self._seq = 0
         self._lock = threading.Lock()
@@ -149,12 +150,9 @@ class ProcessGroup:
         """The backend name."""
         return "pyc10d"
 
-    def _default_timeout(self) -> timedelta:
-        return to_timedelta(self.options._timeout)
-
     def set_timeout(self, timeout: timedelta) -> None:
         """Set the default timeout of later operations (torch's ``set_timeout``)."""
-        self.options._timeout = to_timedelta(timeout)
+        self.options.timeout = timeout
 
     def _set_default_timeout(self, timeout: timedelta) -> None:
         """Alias of :meth:`set_timeout` (torch's private name)."""
@@ -181,27 +179,15 @@ class ProcessGroup:
             arena.close()
 
     # -- running operations -------------------------------------------------------------------
-    def _op_seconds(self, opts: object) -> float:
-        timeout = getattr(opts, "timeout", None)
-        if timeout is None or (isinstance(timeout, timedelta) and timeout < _ZERO):
-            default = self.options._timeout
-            if isinstance(default, timedelta):
-                return default.total_seconds()
-            return self._default_timeout().total_seconds()
-        return to_timedelta(timeout).total_seconds()
+    def _failed(self, op_type: str, seq: int, error: DistBackendError) -> DistBackendError:
+        """``error`` (same class, ``peer`` kept) with this rank and operation in its message."""
+        return with_context(error, f"[rank {self._rank}] {op_type} (#{seq}) failed: ")
 
-    def _wrap_error(self, op_type: str, seq: int, exc: BaseException) -> BaseException:
-        if isinstance(exc, DistBackendError) and not isinstance(exc, TransportTimeout):
-            return exc
-        if isinstance(exc, (TransportTimeout, DistBackendError)):
-            return DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {exc}")
-        return exc
-
-    def _run(self, op_type: str, seq: int, seconds: float, body: Body) -> None:
+    def _run(self, op_type: str, seq: int, timeout: timedelta, body: Body) -> None:
         error = self._transport.error
         if error is not None:
-            raise DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {error}")
-        deadline = Deadline(seconds)
+            raise self._failed(op_type, seq, error)
+        deadline = Deadline(timeout)
         ctx = OpContext(
             self._transport,
             self._rank,
@@ -221,12 +207,12 @@ class ProcessGroup:
                 raise
         except TransportTimeout as exc:
             self._transport.discard(seq)
-            raise self._wrap_error(op_type, seq, exc) from None
+            raise self._failed(op_type, seq, exc) from None
         except DistBackendError as exc:
-            raise DistBackendError(f"[rank {self._rank}] {op_type} (#{seq}) failed: {exc}") from exc
+            raise self._failed(op_type, seq, exc) from exc
 
-    def _collective(self, op_type: str, opts: object, outputs: list, body: Body) -> Work:
-        seconds = self._op_seconds(opts)
+    def _collective(self, op_type: str, opts: CollectiveOptions, outputs: list, body: Body) -> Work:
+        timeout = resolve_timeout(opts.timeout, self.options.timeout)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -236,14 +222,14 @@ class ProcessGroup:
 
         def run() -> Any:
             try:
-                self._run(op_type, seq, seconds, body)
+                self._run(op_type, seq, timeout, body)
             finally:
                 self._order.finish(seq)
                 with self._lock:
                     self._running.pop(seq, None)
             return value
 
-        caller_waits = getattr(opts, "asyncOp", True) is False  # the module API's async_op=False
+        caller_waits = opts.asyncOp is False  # the module API's async_op=False
         try:
             return self._engine.submit(work, run, wake=not caller_waits)
         except BaseException:  # shut down: it will never run
@@ -254,7 +240,9 @@ class ProcessGroup:
 
     # -- broadcast ----------------------------------------------------------------------------
     @staged_on_host
-    def broadcast(self, tensors: Any, opts: Any = None, root: int | None = None) -> Work:
+    def broadcast(
+        self, tensors: Any, opts: BroadcastOptions | int | None = None, root: int | None = None
+    ) -> Work:
         """Copy the root's tensor to every rank; ``broadcast(tensor, root)`` also works."""
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
@@ -273,7 +261,7 @@ class ProcessGroup:
         return self._collective("broadcast", opts, [tensors], body)
 
     # -- allreduce ----------------------------------------------------------------------------
-    def _reduce_locally(self, tensors: Sequence[torch.Tensor], op: object) -> torch.Tensor:
+    def _reduce_locally(self, tensors: Sequence[torch.Tensor], op: RedOpType) -> torch.Tensor:
         """One contiguous 1-D buffer holding the reduction of this rank's tensors."""
         if len(tensors) == 1 and tensors[0].is_contiguous():
             return tensors[0] if tensors[0].dim() == 1 else tensors[0].view(-1)
@@ -282,14 +270,14 @@ class ProcessGroup:
             reduce_into(op, acc, flat_contiguous(tensor))
         return acc
 
-    def _prepare_op(self, opts: object) -> tuple[object, object]:
+    def _prepare_op(self, opts: ReduceOpOptions) -> tuple[RedOpType, Factor]:
         """(our ReduceOp member, the PREMUL_SUM factor or None) of ``opts.reduceOp``."""
         op = reduce_op_of(opts.reduceOp)
-        factor = getattr(opts.reduceOp, "factor", None) if op == ReduceOp.PREMUL_SUM else None
+        factor = opts.reduceOp.factor if op == ReduceOp.PREMUL_SUM else None
         return op, factor
 
     def _allreduce_dense(
-        self, ctx: OpContext, tensors: Sequence[torch.Tensor], op: object, factor: object
+        self, ctx: OpContext, tensors: Sequence[torch.Tensor], op: RedOpType, factor: Factor
     ) -> None:
         acc = self._reduce_locally(tensors, op)
         if factor is not None:
@@ -302,7 +290,12 @@ class ProcessGroup:
                 tensor.copy_(acc.view_as(tensor))
 
     @staged_on_host
-    def allreduce(self, tensors: Any, opts: Any = None, op: Any = None) -> Work:
+    def allreduce(
+        self,
+        tensors: Any,
+        opts: AllreduceOptions | ReduceOpLike | None = None,
+        op: ReduceOpLike | None = None,
+    ) -> Work:
         """Reduce tensors across ranks in place (several per rank are reduced together).
 
         Also ``allreduce(tensor, op)`` and ``allreduce(tensors, op)``, as in torch.
@@ -330,7 +323,9 @@ class ProcessGroup:
         return self._collective("allreduce", opts, [tensors], body)
 
     @staged_on_host
-    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
+    def allreduce_coalesced(
+        self, tensors: list[torch.Tensor], opts: AllreduceCoalescedOptions | None = None
+    ) -> Work:
         """Allreduce several tensors of one dtype as one flattened buffer."""
         opts = opts if opts is not None else AllreduceCoalescedOptions()
         check.check_allreduce_coalesced(self._rank, self._size, tensors, opts)
@@ -350,7 +345,11 @@ class ProcessGroup:
 
     @staged_on_host
     def reduce(
-        self, tensors: Any, opts: Any = None, op: Any = None, root: int | None = None
+        self,
+        tensors: Any,
+        opts: ReduceOptions | int | None = None,
+        op: ReduceOpLike | None = None,
+        root: int | None = None,
     ) -> Work:
         """Reduce onto ``opts.rootRank``; ``reduce(tensor, root, op=SUM)`` also works."""
         if isinstance(tensors, torch.Tensor):
@@ -379,7 +378,9 @@ class ProcessGroup:
 
     # -- allgather ----------------------------------------------------------------------------
     @staged_on_host
-    def allgather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> Work:
+    def allgather(
+        self, output_tensors: Any, input_tensors: Any, opts: AllgatherOptions | None = None
+    ) -> Work:
         """Every rank's input lands in every rank's output list (``[rank * n_inputs + i]``)."""
         if isinstance(input_tensors, torch.Tensor):
             output_tensors, input_tensors = [output_tensors], [input_tensors]
@@ -406,7 +407,9 @@ class ProcessGroup:
         return self._collective("allgather", opts, output_tensors, body)
 
     @staged_on_host
-    def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
+    def _allgather_base(
+        self, output: torch.Tensor, input: torch.Tensor, opts: AllgatherOptions | None = None
+    ) -> Work:
         """Gather every rank's ``input`` into one tensor ``output`` (rank-major)."""
         opts = opts if opts is not None else AllgatherOptions()
         check.check_allgather_base(self._rank, self._size, output, input)
@@ -421,7 +424,10 @@ class ProcessGroup:
 
     @staged_on_host
     def allgather_into_tensor_coalesced(
-        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+        self,
+        outputs: list[torch.Tensor],
+        inputs: list[torch.Tensor],
+        opts: AllgatherOptions | None = None,
     ) -> Work:
         """``_allgather_base`` for several (output, input) pairs in one operation."""
         opts = opts if opts is not None else AllgatherOptions()
@@ -441,7 +447,7 @@ class ProcessGroup:
         self,
         output_lists: list[list[torch.Tensor]],
         input_list: list[torch.Tensor],
-        opts: Any = None,
+        opts: AllgatherOptions | None = None,
     ) -> Work:
         """``output_lists[r][i]`` receives input ``i`` of rank ``r``."""
         opts = opts if opts is not None else AllgatherOptions()
@@ -464,7 +470,11 @@ class ProcessGroup:
     # -- gather / scatter ---------------------------------------------------------------------
     @staged_on_host
     def gather(
-        self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
+        self,
+        output_tensors: Any,
+        input_tensors: Any,
+        opts: GatherOptions | int | None = None,
+        root: int | None = None,
     ) -> Work:
         """The root receives every rank's input; ``gather(outputs, input, root)`` also works."""
         if isinstance(input_tensors, torch.Tensor):
@@ -488,7 +498,11 @@ class ProcessGroup:
 
     @staged_on_host
     def scatter(
-        self, output_tensors: Any, input_tensors: Any, opts: Any = None, root: int | None = None
+        self,
+        output_tensors: Any,
+        input_tensors: Any,
+        opts: ScatterOptions | int | None = None,
+        root: int | None = None,
     ) -> Work:
         """The root sends ``inputs[0][r]`` to each rank r; ``scatter(output, inputs, root)``."""
         if isinstance(output_tensors, torch.Tensor):
@@ -509,7 +523,11 @@ class ProcessGroup:
     # -- reduce-scatter -----------------------------------------------------------------------
     @staged_on_host
     def reduce_scatter(
-        self, output_tensors: Any, input_tensors: Any, opts: Any = None, op: Any = None
+        self,
+        output_tensors: Any,
+        input_tensors: Any,
+        opts: ReduceScatterOptions | ReduceOpLike | None = None,
+        op: ReduceOpLike | None = None,
     ) -> Work:
         """Rank r gets the reduction of every rank's ``inputs[0][r]`` (sizes may differ by r)."""
         if isinstance(output_tensors, torch.Tensor):
@@ -533,7 +551,10 @@ class ProcessGroup:
 
     @staged_on_host
     def _reduce_scatter_base(
-        self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
+        self,
+        output: torch.Tensor,
+        input: torch.Tensor,
+        opts: ReduceScatterOptions | None = None,
     ) -> Work:
         """Reduce ``input`` (``size`` equal chunks) so rank r gets chunk r reduced."""
         opts = opts if opts is not None else ReduceScatterOptions()
@@ -547,7 +568,10 @@ class ProcessGroup:
 
     @staged_on_host
     def reduce_scatter_tensor_coalesced(
-        self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: Any = None
+        self,
+        outputs: list[torch.Tensor],
+        inputs: list[torch.Tensor],
+        opts: ReduceScatterOptions | None = None,
     ) -> Work:
         """``_reduce_scatter_base`` for several (output, input) pairs."""
         opts = opts if opts is not None else ReduceScatterOptions()
@@ -570,7 +594,7 @@ class ProcessGroup:
         input: torch.Tensor,
         output_split_sizes: list[int],
         input_split_sizes: list[int],
-        opts: Any = None,
+        opts: AllToAllOptions | None = None,
     ) -> Work:
         """Split ``input`` along dim 0 (equally, or by ``input_split_sizes``) and exchange."""
         opts = opts if opts is not None else AllToAllOptions()
@@ -593,7 +617,7 @@ class ProcessGroup:
         self,
         output_tensors: list[torch.Tensor],
         input_tensors: list[torch.Tensor],
-        opts: Any = None,
+        opts: AllToAllOptions | None = None,
     ) -> Work:
         """``input_tensors[j]`` of rank i lands in ``output_tensors[i]`` of rank j."""
         opts = opts if opts is not None else AllToAllOptions()
@@ -612,7 +636,7 @@ class ProcessGroup:
         return self._collective("alltoall", opts, [output_tensors], body)
 
     # -- barrier ------------------------------------------------------------------------------
-    def barrier(self, opts: Any = None) -> Work:
+    def barrier(self, opts: BarrierOptions | None = None) -> Work:
         """Complete once every rank has called barrier and finished the collectives it issued
         before it (as in torch, a barrier implies waiting for earlier work; their errors stay
         with their own Work)."""
@@ -643,7 +667,7 @@ class ProcessGroup:
             return engine
 
     def _p2p_deadline(self) -> Deadline:
-        return Deadline(self._default_timeout().total_seconds())
+        return Deadline(self.options.timeout)
 
     @staged_on_host
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> Work:
@@ -695,7 +719,7 @@ class ProcessGroup:
         return self._p2p_engine(key).submit(work, run)
 
 
-def _options(cls: type, opts: Any, **fields: Any) -> Any:
+def _options(cls: type[OptionsT], opts: object, **fields: object) -> OptionsT:
     """``opts`` if it already is a ``cls``; else a new ``cls`` built from the convenience-form
     arguments in ``fields`` (a root rank or reduce op; None keeps the default)."""
     if isinstance(opts, cls):
@@ -718,8 +742,8 @@ def _reduce_scatter_flat(
     ctx: OpContext,
     output: torch.Tensor,
     input: torch.Tensor,
-    op: object,
-    factor: object,
+    op: RedOpType,
+    factor: Factor,
     size: int,
 ) -> None:
     staged = _Staged(output)

@@ -15,12 +15,32 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..core.reduce_op import RedOpType, ReduceOpLike, reduce_op_of, to_reduce_op
+from ..core.dtypes import SUPPORTED_DTYPES
+from ..core.reduce_op import (
+    BITWISE_OPS,
+    NOT_FOR_COMPLEX,
+    RedOpType,
+    ReduceOpLike,
+    reduce_op_of,
+    to_reduce_op,
+)
+from ..core.tags import MAX_TAG
+from .options import (
+    AllreduceCoalescedOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BroadcastOptions,
+    GatherOptions,
+    ReduceOpOptions,
+    ReduceOptions,
+    ReduceScatterOptions,
+    RootRankOptions,
+    RootTensorOptions,
+    ScatterOptions,
+)
 
 __all__ = [
     "BACKEND_NAME",
-    "MAX_TAG",
-    "SUPPORTED_DTYPES",
     "check_allgather",
     "check_allgather_base",
     "check_allgather_coalesced",
@@ -55,29 +75,6 @@ __all__ = [
 BACKEND_NAME = "ProcessGroupGloo"
 """The class name in messages, as torch words them (``ProcessGroupGloo::allreduce: ...``)."""
 
-MAX_TAG = (1 << 62) - 1
-"""Largest send/recv tag: the transport keeps user tags below its point-to-point tag bit."""
-
-SUPPORTED_DTYPES: frozenset[torch.dtype] = frozenset(
-    {
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-        torch.complex64,
-        torch.complex128,
-    }
-)
-"""Element types the collectives move (torch 2.13's gloo also rejects int16 when the work runs)."""
-
-_BITWISE_OPS = frozenset({RedOpType.BAND, RedOpType.BOR, RedOpType.BXOR})
-_NOT_FOR_COMPLEX = _BITWISE_OPS | {RedOpType.PRODUCT, RedOpType.MIN, RedOpType.MAX}
 _LAYOUT_NAMES = {torch.strided: "Strided", torch.sparse_coo: "Sparse"}
 
 Tensors = Sequence[torch.Tensor]
@@ -115,8 +112,9 @@ def same_type(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 # -- shared checks ---------------------------------------------------------------------------
-def _check_tensor_list(name: str, tensors: Any) -> None:
-    """TypeError unless ``tensors`` is a list or tuple of tensors."""
+def _require_tensor_list(name: str, tensors: Any) -> None:
+    """TypeError unless ``tensors`` is a list or tuple of tensors (the group's own check; the
+    module API's ``_check_tensor_list``, torch's front-end one, also rejects tuples)."""
     if not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{BACKEND_NAME}::{name}: expected a list of tensors, got {tensors!r}")
     for t in tensors:
@@ -127,12 +125,12 @@ def _check_tensor_list(name: str, tensors: Any) -> None:
             )
 
 
-def _check_tensor_lists(name: str, lists: Any) -> None:
+def _require_tensor_lists(name: str, lists: Any) -> None:
     """TypeError unless ``lists`` is a list or tuple of lists of tensors."""
     if not isinstance(lists, (list, tuple)):
         raise TypeError(f"{BACKEND_NAME}::{name}: expected a list of tensor lists, got {lists!r}")
     for inner in lists:
-        _check_tensor_list(name, inner)
+        _require_tensor_list(name, inner)
 
 
 def _check_tensor(name: str, tensor: Any, what: str) -> None:
@@ -234,9 +232,9 @@ def check_dtype_supported(name: str, dtype: torch.dtype, op: ReduceOpLike | None
         fail(name, f"unsupported reduction operation ReduceOp.{member.name}")
     if member == RedOpType.PREMUL_SUM and reduce_op._factor is None:
         fail(name, "ReduceOp.PREMUL_SUM requires a factor (build it with make_premul_sum)")
-    if dtype.is_complex and member in _NOT_FOR_COMPLEX:
+    if dtype.is_complex and member in NOT_FOR_COMPLEX:
         fail(name, f"does not support ReduceOp.{member.name} on complex tensors (dtype {dtype})")
-    if member in _BITWISE_OPS and (dtype.is_floating_point or dtype.is_complex):
+    if member in BITWISE_OPS and (dtype.is_floating_point or dtype.is_complex):
         fail(name, f"Cannot use ReduceOp.{member.name} with non-integral dtype {dtype}")
     if member in (RedOpType.AVG, RedOpType.PREMUL_SUM) and not (
         dtype.is_floating_point or dtype.is_complex
@@ -244,31 +242,41 @@ def check_dtype_supported(name: str, dtype: torch.dtype, op: ReduceOpLike | None
         fail(name, f"Cannot use ReduceOp.{member.name} with non-floating-point dtype {dtype}")
 
 
-def _opt(opts: Any, field: str, default: Any) -> Any:
-    """``opts.<field>``, or ``default`` when ``opts`` is None (the default options)."""
-    return default if opts is None else getattr(opts, field)
+def _root_rank(opts: RootRankOptions | None) -> int:
+    """``opts.rootRank``; 0 (the default) when ``opts`` is None."""
+    return 0 if opts is None else opts.rootRank
 
 
-def _reduce_op(opts: Any) -> ReduceOpLike:
-    return _opt(opts, "reduceOp", RedOpType.SUM)
+def _root_tensor(opts: RootTensorOptions | None) -> int:
+    """``opts.rootTensor``; 0 (the default) when ``opts`` is None."""
+    return 0 if opts is None else opts.rootTensor
+
+
+def _reduce_op(opts: ReduceOpOptions | None) -> ReduceOpLike:
+    """``opts.reduceOp``; SUM (the default) when ``opts`` is None."""
+    return RedOpType.SUM if opts is None else opts.reduceOp
 
 
 # -- broadcast, allreduce, reduce --------------------------------------------------------------
-def check_broadcast(rank: int, size: int, tensors: Tensors, opts: Any = None) -> None:
+def check_broadcast(
+    rank: int, size: int, tensors: Tensors, opts: BroadcastOptions | None = None
+) -> None:
     """``broadcast(tensors, opts)``: valid root rank and tensor; dense, one type and size."""
     name = "broadcast"
-    _check_tensor_list(name, tensors)
-    check_root_rank(name, _opt(opts, "rootRank", 0), size)
-    check_root_tensor(name, _opt(opts, "rootTensor", 0), len(tensors))
+    _require_tensor_list(name, tensors)
+    check_root_rank(name, _root_rank(opts), size)
+    check_root_tensor(name, _root_tensor(opts), len(tensors))
     check_dense(name, tensors)
     check_same_type_and_size(name, tensors)
     check_dtype_supported(name, tensors[0].dtype)
 
 
-def check_allreduce(rank: int, size: int, tensors: Tensors, opts: Any = None) -> None:
+def check_allreduce(
+    rank: int, size: int, tensors: Tensors, opts: AllreduceOptions | None = None
+) -> None:
     """``allreduce(tensors, opts)``: one layout, type and size; sparse COO only with SUM."""
     name = "allreduce"
-    _check_tensor_list(name, tensors)
+    _require_tensor_list(name, tensors)
     check_non_empty(name, tensors)
     _check_layout_match(name, tensors)
     check_same_type_and_size(name, tensors)
@@ -287,10 +295,12 @@ def check_allreduce(rank: int, size: int, tensors: Tensors, opts: Any = None) ->
     check_dtype_supported(name, tensors[0].dtype, op)
 
 
-def check_allreduce_coalesced(rank: int, size: int, tensors: Tensors, opts: Any = None) -> None:
+def check_allreduce_coalesced(
+    rank: int, size: int, tensors: Tensors, opts: AllreduceCoalescedOptions | None = None
+) -> None:
     """``allreduce_coalesced(tensors, opts)``: dense tensors of one type (sizes may differ)."""
     name = "allreduce_coalesced"
-    _check_tensor_list(name, tensors)
+    _require_tensor_list(name, tensors)
     check_non_empty(name, tensors)
     _check_layout_match(name, tensors)
     first = tensors[0]
@@ -302,12 +312,12 @@ def check_allreduce_coalesced(rank: int, size: int, tensors: Tensors, opts: Any 
     check_dtype_supported(name, first.dtype, _reduce_op(opts))
 
 
-def check_reduce(rank: int, size: int, tensors: Tensors, opts: Any = None) -> None:
+def check_reduce(rank: int, size: int, tensors: Tensors, opts: ReduceOptions | None = None) -> None:
     """``reduce(tensors, opts)``: root rank and tensor valid; a single dense tensor."""
     name = "reduce"
-    _check_tensor_list(name, tensors)
-    check_root_rank(name, _opt(opts, "rootRank", 0), size)
-    check_root_tensor(name, _opt(opts, "rootTensor", 0), len(tensors))
+    _require_tensor_list(name, tensors)
+    check_root_rank(name, _root_rank(opts), size)
+    check_root_tensor(name, _root_tensor(opts), len(tensors))
     check_single_tensor(name, tensors)
     check_dense(name, tensors)
     check_dtype_supported(name, tensors[0].dtype, _reduce_op(opts))
@@ -320,8 +330,8 @@ def check_allgather(
     """``allgather(output_lists, input_tensors)``: output list i holds ``len(inputs) * size``
     tensors, all of the inputs' type and size."""
     name = "allgather"
-    _check_tensor_lists(name, output_lists)
-    _check_tensor_list(name, input_tensors)
+    _require_tensor_lists(name, output_lists)
+    _require_tensor_list(name, input_tensors)
     check_non_empty(name, input_tensors, "input tensor list")
     if len(input_tensors) != len(output_lists):
         fail(name, "requires input/output tensor lists to have the same length")
@@ -347,8 +357,8 @@ def check_allgather_coalesced(
     """``allgather_coalesced(output_lists, input_tensors)``: one output list per rank, whose
     tensor i matches input i in size and type (inputs may differ from one another)."""
     name = "allgather_coalesced"
-    _check_tensor_lists(name, output_lists)
-    _check_tensor_list(name, input_tensors)
+    _require_tensor_lists(name, output_lists)
+    _require_tensor_list(name, input_tensors)
     check_non_empty(name, input_tensors, "input tensor list")
     if len(output_lists) != size:
         fail(name, "output lists should be equal to world size")
@@ -421,8 +431,8 @@ def check_allgather_into_tensor_coalesced(
     """``allgather_into_tensor_coalesced(outputs, inputs)``: pairwise like
     :func:`check_allgather_base`."""
     name = "allgather_into_tensor_coalesced"
-    _check_tensor_list(name, outputs)
-    _check_tensor_list(name, inputs)
+    _require_tensor_list(name, outputs)
+    _require_tensor_list(name, inputs)
     check_non_empty(name, inputs, "input tensor list")
     if len(outputs) != len(inputs):
         fail(name, "requires input/output tensor lists to have the same length")
@@ -432,14 +442,18 @@ def check_allgather_into_tensor_coalesced(
 
 # -- gather, scatter ---------------------------------------------------------------------------
 def check_gather(
-    rank: int, size: int, output_lists: TensorLists, input_tensors: Tensors, opts: Any = None
+    rank: int,
+    size: int,
+    output_lists: TensorLists,
+    input_tensors: Tensors,
+    opts: GatherOptions | None = None,
 ) -> None:
     """``gather(output_lists, input_tensors, opts)``: the root passes ``[[size tensors]]`` of the
     input's type and size, other ranks ``[]``."""
     name = "gather"
-    _check_tensor_lists(name, output_lists)
-    _check_tensor_list(name, input_tensors)
-    root = _opt(opts, "rootRank", 0)
+    _require_tensor_lists(name, output_lists)
+    _require_tensor_list(name, input_tensors)
+    root = _root_rank(opts)
     check_root_rank(name, root, size)
     check_single_tensor(name, input_tensors, "input tensor list")
     check_dense(name, input_tensors)
@@ -462,14 +476,18 @@ def check_gather(
 
 
 def check_scatter(
-    rank: int, size: int, output_tensors: Tensors, input_lists: TensorLists, opts: Any = None
+    rank: int,
+    size: int,
+    output_tensors: Tensors,
+    input_lists: TensorLists,
+    opts: ScatterOptions | None = None,
 ) -> None:
     """``scatter(output_tensors, input_lists, opts)``: one output; the root passes
     ``[[size tensors]]`` of the output's type and size, other ranks ``[]``."""
     name = "scatter"
-    _check_tensor_list(name, output_tensors)
-    _check_tensor_lists(name, input_lists)
-    root = _opt(opts, "rootRank", 0)
+    _require_tensor_list(name, output_tensors)
+    _require_tensor_lists(name, input_lists)
+    root = _root_rank(opts)
     check_root_rank(name, root, size)
     check_single_tensor(name, output_tensors, "output tensor list")
     check_dense(name, output_tensors)
@@ -493,13 +511,17 @@ def check_scatter(
 
 # -- reduce_scatter family ---------------------------------------------------------------------
 def check_reduce_scatter(
-    rank: int, size: int, output_tensors: Tensors, input_lists: TensorLists, opts: Any = None
+    rank: int,
+    size: int,
+    output_tensors: Tensors,
+    input_lists: TensorLists,
+    opts: ReduceScatterOptions | None = None,
 ) -> None:
     """``reduce_scatter(output_tensors, input_lists, opts)``: one output and one list of ``size``
     inputs of its type; input ``rank`` has the output's size (others may differ, as in torch)."""
     name = "reduce_scatter"
-    _check_tensor_list(name, output_tensors)
-    _check_tensor_lists(name, input_lists)
+    _require_tensor_list(name, output_tensors)
+    _require_tensor_lists(name, input_lists)
     if len(output_tensors) != 1:
         fail(name, "reduce_scatter only supports 1 output")
     if len(input_lists) != len(output_tensors):
@@ -525,7 +547,11 @@ def check_reduce_scatter(
 
 
 def check_reduce_scatter_base(
-    rank: int, size: int, output: torch.Tensor, input: torch.Tensor, opts: Any = None
+    rank: int,
+    size: int,
+    output: torch.Tensor,
+    input: torch.Tensor,
+    opts: ReduceScatterOptions | None = None,
 ) -> None:
     """``_reduce_scatter_base(output, input, opts)``: same dtype,
     ``input.numel() == size * output.numel()`` (any shapes; chunks are taken flattened)."""
@@ -536,13 +562,17 @@ def check_reduce_scatter_base(
 
 
 def check_reduce_scatter_tensor_coalesced(
-    rank: int, size: int, outputs: Tensors, inputs: Tensors, opts: Any = None
+    rank: int,
+    size: int,
+    outputs: Tensors,
+    inputs: Tensors,
+    opts: ReduceScatterOptions | None = None,
 ) -> None:
     """``reduce_scatter_tensor_coalesced(outputs, inputs, opts)``: pairwise like
     :func:`check_reduce_scatter_base`."""
     name = "reduce_scatter_tensor_coalesced"
-    _check_tensor_list(name, outputs)
-    _check_tensor_list(name, inputs)
+    _require_tensor_list(name, outputs)
+    _require_tensor_list(name, inputs)
     check_non_empty(name, inputs, "input tensor list")
     if len(outputs) != len(inputs):
         fail(name, "requires input/output tensor lists to have the same length")
@@ -553,13 +583,17 @@ def check_reduce_scatter_tensor_coalesced(
 
 # -- alltoall ----------------------------------------------------------------------------------
 def check_alltoall(
-    rank: int, size: int, output_tensors: Tensors, input_tensors: Tensors, opts: Any = None
+    rank: int,
+    size: int,
+    output_tensors: Tensors,
+    input_tensors: Tensors,
+    opts: AllToAllOptions | None = None,
 ) -> None:
     """``alltoall(output_tensors, input_tensors, opts)``: ``size`` dense tensors each, all of
     one type. Sizes may differ (torch's gloo wants output i and input i the same size)."""
     name = "alltoall"
-    _check_tensor_list(name, output_tensors)
-    _check_tensor_list(name, input_tensors)
+    _require_tensor_list(name, output_tensors)
+    _require_tensor_list(name, input_tensors)
     if len(output_tensors) != size:
         fail(
             name, f"output tensor list size {len(output_tensors)} does not match world size {size}"
@@ -597,7 +631,7 @@ def check_alltoall_base(
     input: torch.Tensor,
     output_split_sizes: Sequence[int],
     input_split_sizes: Sequence[int],
-    opts: Any = None,
+    opts: AllToAllOptions | None = None,
 ) -> None:
     """``alltoall_base(output, input, output_split_sizes, input_split_sizes, opts)``: same type,
     valid dim-0 splits, equal elements per dim-0 row, equal numel when no splits are given."""
@@ -632,7 +666,7 @@ def _check_p2p(
     name: str, rank: int, size: int, tensors: Tensors, peer: int | None, tag: int
 ) -> None:
     """One dense, contiguous, CPU tensor; ``peer`` another rank of the group; a valid tag."""
-    _check_tensor_list(name, tensors)
+    _require_tensor_list(name, tensors)
     if len(tensors) != 1:
         raise RuntimeError(f"{BACKEND_NAME}::{name} takes a single tensor")
     tensor = tensors[0]

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from ..core.timeouts import TimeoutLike
+from ..core.timeouts import DEFAULT_PG_TIMEOUT, TimeoutLike
 from ..store import FileStore, Store, TCPStore
 from .launch_env import (
     LaunchEnvError,
@@ -22,8 +21,6 @@ from .launch_env import (
     detect_rank,
     detect_world_size,
 )
-
-DEFAULT_RENDEZVOUS_TIMEOUT = timedelta(minutes=30)  # torch's default_pg_timeout
 
 RendezvousResult = tuple[Store, int, int]
 RendezvousHandler = Callable[..., Iterator[RendezvousResult]]
@@ -102,7 +99,7 @@ def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: Timeou
 
 
 def _tcp_handler(
-    url: str, timeout: TimeoutLike = DEFAULT_RENDEZVOUS_TIMEOUT, **kwargs
+    url: str, timeout: TimeoutLike = DEFAULT_PG_TIMEOUT, **kwargs
 ) -> Iterator[RendezvousResult]:
     parsed = urlparse(url)
     try:
@@ -120,7 +117,7 @@ def _tcp_handler(
 
 
 def _env_handler(
-    url: str, timeout: TimeoutLike = DEFAULT_RENDEZVOUS_TIMEOUT, **kwargs
+    url: str, timeout: TimeoutLike = DEFAULT_PG_TIMEOUT, **kwargs
 ) -> Iterator[RendezvousResult]:
     """``env://``: rank and world size from the URL, else torchrun/SLURM/MPI variables.
 

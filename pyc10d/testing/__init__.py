@@ -5,7 +5,7 @@ the values they return, in rank order. ``ctx`` is a :class:`RankContext`: ``rank
 ``world_size``, a fresh ``tmpdir``, an ``init_file``/``init_method`` (``file://``) for rendezvous,
 and ``store``, a client of a fresh, empty TCPStore the parent hosts for the run. Each rank also has
 ``MASTER_ADDR``, ``MASTER_PORT`` (a free port), ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set,
-so ``env://`` rendezvous works too. For example, in ``tests/test_exchange.py``::
+so ``env://`` rendezvous works too. For example, in ``tests/api/test_exchange.py``::
 
     import pyc10d as dist
     from pyc10d.testing import spawn, world_sizes

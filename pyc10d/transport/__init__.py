@@ -1,32 +1,19 @@
-"""Layer 2 — transports: tagged point-to-point byte messages between the ranks of a group."""
+"""Layer 2 — transports: tagged point-to-point byte messages between the ranks of a group.
 
-from .base import (
-    P2P_TAG_BIT,
-    STEP_BITS,
-    Buffer,
-    PeerFailedError,
-    Transport,
-    TransportTimeout,
-    op_tag,
-    p2p_tag,
-    tag_seq,
-)
+:mod:`.base` is the interface; :mod:`.tcp` (any host) and :mod:`.shm` (same host) implement it,
+:mod:`.hybrid` mixes them in one group, and :mod:`.factory` picks one (``PYC10D_TRANSPORT``).
+"""
+
+from .base import Buffer, Transport
 from .factory import make_transport, transport_mode
 from .hybrid import HybridTransport
 from .tcp import TCPTransport
 
 __all__ = [
-    "P2P_TAG_BIT",
-    "STEP_BITS",
     "Buffer",
     "HybridTransport",
-    "PeerFailedError",
     "TCPTransport",
     "Transport",
-    "TransportTimeout",
     "make_transport",
-    "op_tag",
-    "p2p_tag",
-    "tag_seq",
     "transport_mode",
 ]

@@ -4,52 +4,25 @@ Algorithms and the process group talk only to this interface, so TCP (any host) 
 memory (same host) can serve the same collectives. Messages are matched by ``(source, tag)`` in
 FIFO order; a message that arrives before its receive is posted is buffered. Every blocking call
 takes a :class:`~pyc10d.core.timeouts.Deadline`. When a peer's connection is lost, the transport is
-failed: every pending and later call raises :class:`PeerFailedError` naming that peer.
+failed: every pending and later call raises :class:`~pyc10d.core.errors.PeerFailedError` naming
+that peer. Tags are built as :mod:`pyc10d.core.tags` says.
 """
 
 from __future__ import annotations
 
 import abc
+import struct
 from collections.abc import Sequence
 
 from ..core.errors import DistBackendError
-from ..core.timeouts import Deadline, format_ms
+from ..core.timeouts import Deadline
 
 Buffer = memoryview | bytes | bytearray
 
-STEP_BITS = 24  # a collective's tags are ``seq << STEP_BITS | step``
-P2P_TAG_BIT = 1 << 62  # user send/recv tags live apart from collective tags
-
-
-def op_tag(seq: int, step: int = 0) -> int:
-    """The tag of message ``step`` of collective number ``seq``."""
-    return (seq << STEP_BITS) | step
-
-
-def tag_seq(tag: int) -> int:
-    """The collective sequence number a tag belongs to."""
-    return tag >> STEP_BITS
-
-
-def p2p_tag(user_tag: int) -> int:
-    """The transport tag of a user's send/recv ``tag``."""
-    return P2P_TAG_BIT | user_tag
-
-
-class TransportTimeout(DistBackendError):
-    """A receive (or send) did not complete before its deadline."""
-
-    def __init__(self, what: str, seconds: float) -> None:
-        super().__init__(f"Timed out waiting {format_ms(seconds)} for {what}")
-        self.seconds = seconds
-
-
-class PeerFailedError(DistBackendError):
-    """The connection to ``peer`` was lost (it exited, crashed or was killed)."""
-
-    def __init__(self, peer: int, reason: str) -> None:
-        super().__init__(f"connection to rank {peer} lost: {reason}")
-        self.peer = peer
+HEADER = struct.Struct("<QQ")
+"""The frame header both byte-stream transports (TCP sockets, shared-memory rings) put before
+a payload: its tag and its size in bytes."""
+HEADER_SIZE = HEADER.size
 
 
 class Transport(abc.ABC):
@@ -86,3 +59,8 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def error(self) -> DistBackendError | None:
         """The error that failed this transport, or None while it is healthy."""
+
+    def peer_failure(self, peers: Sequence[int]) -> DistBackendError | None:
+        """Why one of ``peers`` cannot take part any more (the transport's error, or a peer's
+        clean goodbye where the transport knows it); None while they are all there."""
+        return self.error

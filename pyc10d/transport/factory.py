@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 
 from ..core.errors import DistBackendError
+from ..core.timeouts import Deadline
 from ..store import Store
 from .base import Transport
 from .hybrid import HybridTransport
@@ -36,19 +37,20 @@ def make_transport(
     store: Store,
     rank: int,
     world_size: int,
-    timeout: float,
+    deadline: Deadline,
     bind_host: str | None = None,
     advertise_host: str | None = None,
 ) -> Transport:
-    """The transport of one rank of a group, as ``PYC10D_TRANSPORT`` selects (see module doc)."""
+    """The transport of one rank of a group, as ``PYC10D_TRANSPORT`` selects (see module doc);
+    connecting must finish by ``deadline``."""
     mode = transport_mode()
     if mode == "tcp" or world_size == 1:
-        return TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
-    if mode == "auto" and single_host(store, rank, world_size, timeout):
-        return TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
+        return TCPTransport(store, rank, world_size, deadline, bind_host, advertise_host)
+    if mode == "auto" and single_host(store, rank, world_size, deadline):
+        return TCPTransport(store, rank, world_size, deadline, bind_host, advertise_host)
     shm_peers = "all" if mode == "shm" else "auto"  # auto, several hosts: rings on each host
     return HybridTransport(
-        store, rank, world_size, timeout, bind_host, advertise_host, shm_peers=shm_peers
+        store, rank, world_size, deadline, bind_host, advertise_host, shm_peers=shm_peers
     )
 
 
@@ -56,8 +58,8 @@ def make_arena(
     store: Store,
     rank: int,
     world_size: int,
-    timeout: float,
-    failure: Callable[[list[int]], BaseException | None],
+    deadline: Deadline,
+    failure: Callable[[list[int]], DistBackendError | None],
 ) -> ShmArena | None:
     """The group's shared-memory arena, or None (``tcp`` mode, one rank, or several hosts).
 
@@ -67,13 +69,13 @@ def make_arena(
     mode = transport_mode()
     if mode == "tcp" or world_size == 1:
         return None
-    if not single_host(store, rank, world_size, timeout):
+    if not single_host(store, rank, world_size, deadline):
         if mode == "shm":
             raise DistBackendError(
                 f"{ENV}=shm needs every rank on one host, but rank {rank}'s host lacks some"
             )
         return None
-    return ShmArena(store, rank, world_size, timeout, failure)
+    return ShmArena(store, rank, world_size, deadline, failure)
 
 
 __all__ = ["make_arena", "make_transport", "transport_mode"]

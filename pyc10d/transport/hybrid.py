@@ -15,11 +15,11 @@ import threading
 import time
 import weakref
 
-from ..core.errors import DistBackendError
+from ..core.errors import DistBackendError, fresh_error
 from ..core.timeouts import Deadline
 from ..store import Store
 from .base import Buffer
-from .mailbox import Mailbox, as_byte_view, fresh_error
+from .mailbox import Mailbox, as_byte_view
 from .mailbox_transport import MailboxTransport
 from .shm.receiver import InRing, ShmReceiver
 from .shm.send import RingWriter
@@ -77,15 +77,14 @@ class HybridTransport(MailboxTransport):
         store: Store,
         rank: int,
         world_size: int,
-        timeout: float,
+        deadline: Deadline,
         bind_host: str | None = None,
         advertise_host: str | None = None,
         shm_peers: str = "auto",
     ) -> None:
         if shm_peers not in ("auto", "all", "none"):
             raise ValueError(f"shm_peers must be 'auto', 'all' or 'none', got {shm_peers!r}")
-        deadline = Deadline(timeout)
-        tcp = TCPTransport(store, rank, world_size, timeout, bind_host, advertise_host)
+        tcp = TCPTransport(store, rank, world_size, deadline, bind_host, advertise_host)
         self.rank = rank
         self.world_size = world_size
         self._tcp = tcp

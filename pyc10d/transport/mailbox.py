@@ -15,9 +15,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ..core.errors import DistBackendError
+from ..core.errors import DistBackendError, TransportTimeout, fresh_error
+from ..core.tags import is_p2p, tag_seq
 from ..core.timeouts import Deadline
-from .base import P2P_TAG_BIT, STEP_BITS, Buffer, TransportTimeout
+from .base import Buffer
 
 POSTED, FILLING, DONE, FAILED, CANCELLED = range(5)
 DISCARD_MEMORY = 1024  # how many discarded collective sequence numbers are remembered
@@ -37,14 +38,6 @@ def as_byte_view(buf: Buffer) -> memoryview:
 def lock_timeout(seconds: float) -> float:
     """A ``Lock.acquire`` timeout for ``seconds`` left: -1 (forever) for an infinite wait."""
     return -1 if math.isinf(seconds) else seconds
-
-
-def fresh_error(err: DistBackendError) -> DistBackendError:
-    """A copy of ``err`` to raise, so that one stored error never piles up tracebacks."""
-    new = err.__class__.__new__(err.__class__)
-    new.__dict__.update(err.__dict__)
-    new.args = err.args
-    return new
 
 
 def size_error(src: int, tag: int, expected: int, got: int) -> DistBackendError:
@@ -212,7 +205,7 @@ class Mailbox:
 
     def is_discarded(self, tag: int) -> bool:
         """True if ``tag`` is a collective tag whose sequence number was discarded."""
-        return not tag & P2P_TAG_BIT and (tag >> STEP_BITS) in self._discarded
+        return not is_p2p(tag) and tag_seq(tag) in self._discarded
 
     def store(self, src: int, tag: int, payload: Payload) -> None:
         """Buffer an unexpected message (unless its collective was discarded)."""

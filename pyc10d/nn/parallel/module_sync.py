@@ -10,40 +10,18 @@ flat buffers of at most ``buffer_size`` bytes, one broadcast each.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Container, Sequence
 
 import torch
 from torch import nn
 
+from ...core.dtypes import dtype_code, dtype_of
 from ...process_group import ProcessGroup
-
-_DTYPES = (
-    torch.float32,
-    torch.float64,
-    torch.float16,
-    torch.bfloat16,
-    torch.complex64,
-    torch.complex128,
-    torch.uint8,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.bool,
-)
-_DTYPE_NAMES = {i: str(dtype) for i, dtype in enumerate(_DTYPES)}
-
-
-def _dtype_code(dtype: torch.dtype) -> int:
-    if dtype in _DTYPES:
-        return _DTYPES.index(dtype)
-    return 100 + zlib.crc32(str(dtype).encode()) % 100_000  # the same on every rank
 
 
 def _metadata(tensor: torch.Tensor) -> list[int]:
     """[dtype, ndim, *sizes, *strides] of one parameter."""
-    return [_dtype_code(tensor.dtype), tensor.dim(), *tensor.shape, *tensor.stride()]
+    return [dtype_code(tensor.dtype), tensor.dim(), *tensor.shape, *tensor.stride()]
 
 
 def _allgather(pg: ProcessGroup, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -109,12 +87,18 @@ def _mismatch(
         what, mine, ref = "strides", strides, strides0
     else:
         what = "dtype"
-        mine, ref = _DTYPE_NAMES.get(dtype, "?"), _DTYPE_NAMES.get(dtype0, "?")
+        mine, ref = _dtype_label(dtype), _dtype_label(dtype0)
     return (
         f"[{rank}]: {label} {where} with sizes {sizes} appears not to match {what} of the same "
         f"param in process 0 ({what} {mine} vs {ref} in process 0). DDP expects the same model "
         f"on every rank."
     )
+
+
+def _dtype_label(code: int) -> str:
+    """``torch.float32`` for its :func:`dtype_code`, ``?`` for a type outside the wire list."""
+    dtype = dtype_of(code)
+    return "?" if dtype is None else str(dtype)
 
 
 def broadcast_coalesced(

@@ -13,7 +13,7 @@ no helper thread. A segment is a control block plus two staging slots::
     [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
 
 Counters are u64 on their own cache lines and only ever grow. A round is
-``seq << ROUND_BITS | k`` for the k-th round of collective number ``seq``, so ranks agree on
+``op_tag(seq, k)`` for the k-th round of collective number ``seq``, so ranks agree on
 rounds even after one of them abandoned a collective on timeout. x86 keeps stores, and loads,
 in program order, so data written before a counter is visible to whoever sees the counter.
 
@@ -42,10 +42,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ...core.errors import DistBackendError
+from ...core.dtypes import dtype_code, dtype_of
+from ...core.errors import DistBackendError, TransportTimeout, fresh_error
+from ...core.tags import op_tag, tag_seq
 from ...core.timeouts import Deadline, format_ms
 from ...store import PrefixStore, Store
-from ..base import TransportTimeout
 from .setup import same_host_peers, wait_for_keys
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
@@ -54,7 +55,6 @@ POSTED_ROUND = 48  # u64 at POSTED_ROUND + 8 * parity: the round whose input is 
 REDUCED_ROUND = 64  # u64 at REDUCED_ROUND + 8 * parity: the round whose reduced slice it holds
 CONTROL_BYTES = 4096
 SLOT_BYTES = 4 * 1024 * 1024
-ROUND_BITS = 24
 VIEW_CACHE_MAX_BYTES = 64 * 1024  # slot views of at most this size are kept for reuse
 VIEW_CACHE_ENTRIES = 256
 RANK_FORMAT = struct.Struct("<q")  # the payload of a segment-descriptor datagram
@@ -66,6 +66,11 @@ def _fence() -> None:
     """Order this thread's earlier stores before its later loads (x86 only reorders those)."""
     _FENCE.acquire()
     _FENCE.release()
+
+
+def sizes_header_bytes(world_size: int) -> int:
+    """Bytes at the start of a slot holding a rank's alltoall block sizes (64-byte aligned)."""
+    return (world_size * 8 + 63) // 64 * 64
 
 
 def _spin_seconds(world_size: int) -> float:
@@ -85,11 +90,11 @@ class ShmArena:
         store: Store,
         rank: int,
         world_size: int,
-        timeout: float,
-        failure: Callable[[list[int]], BaseException | None] = lambda _peers: None,
+        deadline: Deadline,
+        failure: Callable[[list[int]], DistBackendError | None] = lambda _peers: None,
         slot_bytes: int = SLOT_BYTES,
     ) -> None:
-        least = (world_size * 8 + 63) // 64 * 64 + 16 * world_size  # alltoall's sizes + 1 item
+        least = sizes_header_bytes(world_size) + 16 * world_size  # alltoall's sizes + 1 item
         if slot_bytes <= 0 or slot_bytes % 64 or slot_bytes < least:
             raise ValueError(
                 f"slot_bytes must be a positive multiple of 64 and at least {least} for "
@@ -118,7 +123,7 @@ class ShmArena:
         self._poll = select.poll()
         self._poll.register(self._bell.fileno(), select.POLLIN)
         try:
-            self._build(PrefixStore("arena", store), Deadline(timeout))
+            self._build(PrefixStore("arena", store), deadline)
         except BaseException:
             self.close()
             raise
@@ -228,18 +233,22 @@ class ShmArena:
         failed before it reached the arena.
         """
         self.holder = seq
-        self.round = max(self.round, seq << ROUND_BITS)
-        self._release_upto((seq << ROUND_BITS) - 1)
+        self.round = max(self.round, op_tag(seq))
+        self._release_upto(op_tag(seq) - 1)
 
     def abandon(self) -> None:
         """Give up the current collective (it failed here): tell peers this rank reads none of
         its rounds any more, so a peer that arrives late is not kept from reusing its slots."""
         if not self._closed:
-            self._release_upto(((self.holder + 1) << ROUND_BITS) - 1)
+            self._release_upto(op_tag(self.holder + 1) - 1)
 
     def _release_upto(self, round_: int) -> None:
         if self._control[self.rank][RELEASED] < round_:
             self.publish(RELEASED, round_)
+
+    def release(self, round_: int) -> None:
+        """Publish that this rank has finished reading its peers' slots of ``round_``."""
+        self.publish(RELEASED, round_)
 
     def next_round(self) -> int:
         """The number of the next round (every rank counts rounds the same way)."""
@@ -292,7 +301,7 @@ class ShmArena:
     # -- what the ranks post must agree ----------------------------------------------------------
     def expect(self, kind: str, dtype: torch.dtype, numel: int) -> None:
         """Declare the collective about to run; a peer posting a different one is an error."""
-        code = DTYPES.index(dtype) if dtype in DTYPES else 0xFF
+        code = min(dtype_code(dtype), 0xFF)
         self._signature = (KINDS.index(kind) << 56) | (code << 48) | (numel & NUMEL_MASK)
 
     def post(self, round_: int) -> None:
@@ -321,7 +330,7 @@ class ShmArena:
         for peer in peers:
             if self._control[peer][index] != round_:
                 raise DistBackendError(
-                    f"rank {peer} left collective #{round_ >> ROUND_BITS} without its part of "
+                    f"rank {peer} left collective #{tag_seq(round_)} without its part of "
                     "it (it failed or timed out there)"
                 )
 
@@ -382,7 +391,7 @@ class ShmArena:
             raise DistBackendError("the shared-memory arena has been closed")
         failure = self._failure(pending)
         if failure is not None:
-            raise DistBackendError(str(failure))
+            raise fresh_error(failure)
         remaining = deadline.remaining()
         if remaining <= 0:
             ranks = ", ".join(map(str, pending))
@@ -430,9 +439,6 @@ class ShmArena:
 
 KINDS = ("", "allreduce", "reduce", "broadcast", "allgather", "reduce_scatter", "alltoall")
 KINDS += ("barrier",)
-DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16)
-DTYPES += (torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
-DTYPES += (torch.bool,)
 NUMEL_MASK = (1 << 48) - 1
 
 
@@ -440,7 +446,7 @@ def _describe(signature: int) -> str:
     """``allreduce of 1024 float32`` for a signature made by :meth:`ShmArena.expect`."""
     kind, dtype = signature >> 56, (signature >> 48) & 0xFF
     kind_name = KINDS[kind] if kind < len(KINDS) else f"collective #{kind}"
-    dtype_name = str(DTYPES[dtype]).removeprefix("torch.") if dtype < len(DTYPES) else "?"
+    dtype_name = str(dtype_of(dtype) or "?").removeprefix("torch.")
     return f"{kind_name} of {signature & NUMEL_MASK} {dtype_name}"
 
 
@@ -489,10 +495,10 @@ class Segment:
         self._map.close()
 
 
-def single_host(store: Store, rank: int, world_size: int, timeout: float) -> bool:
+def single_host(store: Store, rank: int, world_size: int, deadline: Deadline) -> bool:
     """True when every rank of the group runs on this rank's host (every rank must call this)."""
-    peers = same_host_peers(PrefixStore("arena", store), rank, world_size, Deadline(timeout))
+    peers = same_host_peers(PrefixStore("arena", store), rank, world_size, deadline)
     return len(peers) == world_size - 1
 
 
-__all__ = ["SLOT_BYTES", "ShmArena", "single_host"]
+__all__ = ["SLOT_BYTES", "ShmArena", "single_host", "sizes_header_bytes"]

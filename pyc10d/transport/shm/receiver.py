@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 
 from ...core.errors import DistBackendError
+from ..base import HEADER, HEADER_SIZE
 from ..mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
-from ..tcp.conn import HEADER, HEADER_SIZE
+from ..receiver_thread import ReceiverThread
 from .ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
 
 SPIN_S = 0.0  # how long an idle thread keeps polling (yielding the GIL) before it blocks
 BLOCK_MS = 2  # the longest block on the doorbell before looking again
-JOIN_TIMEOUT_S = 10.0
 _unpack = HEADER.unpack_from
 
 
@@ -50,7 +49,7 @@ class InRing:
         self.pending: bytearray | None = None
 
 
-class ShmReceiver:
+class ShmReceiver(ReceiverThread):
     """Polls ``rings`` on a daemon thread and feeds ``mailbox``; ``doorbell`` is its socket."""
 
     def __init__(
@@ -65,12 +64,7 @@ class ShmReceiver:
         self._poll.register(doorbell.fileno(), select.POLLIN)
         self._ready: list[PendingRecv] = []
         self._stopping = False
-        self._after_exit: Callable[[], None] | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self.thread.start()
+        super().__init__(name)
 
     def wake(self) -> None:
         """Make the thread look at its rings (and cancelled receives) now."""
@@ -82,26 +76,15 @@ class ShmReceiver:
     def stop(self, after_exit: Callable[[], None]) -> None:
         """Stop the thread (the mailbox has failed by now), then run ``after_exit``."""
         self._stopping = True
-        if threading.current_thread() is self.thread:
-            self._after_exit = after_exit
-            return
-        self.wake()
-        if self.thread.ident is not None:
-            self.thread.join(JOIN_TIMEOUT_S)
-        if not self.thread.is_alive():
-            after_exit()
+        self._stop_thread(after_exit)
 
     # -- the thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:
-            with self._mb.lock:
-                self._mb.fail(DistBackendError(f"shared-memory receiver crashed: {exc!r}"))
-        finally:
-            self._fail_filling()
-            if self._after_exit is not None:
-                self._after_exit()
+    def _crashed(self, exc: BaseException) -> None:
+        with self._mb.lock:
+            self._mb.fail(DistBackendError(f"shared-memory receiver crashed: {exc!r}"))
+
+    def _exiting(self) -> None:
+        self._fail_filling()
 
     def _loop(self) -> None:
         mb = self._mb

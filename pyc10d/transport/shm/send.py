@@ -14,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from ...core.errors import DistBackendError
+from ...core.errors import DistBackendError, TransportTimeout
 from ...core.timeouts import Deadline
-from ..base import TransportTimeout
-from ..tcp.conn import HEADER
+from ..base import HEADER
 from .ring import CAPACITY, CHUNK, HEAD, SLEEPING, TAIL, Ring, byte_tensor
 
 YIELDS = 50  # full-ring polls that only yield the GIL before sleeping

@@ -10,17 +10,14 @@ from __future__ import annotations
 import math
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 
-from ...core.errors import DistBackendError
+from ...core.errors import DistBackendError, PeerFailedError, TransportTimeout
 from ...core.timeouts import Deadline
-from ..base import PeerFailedError, TransportTimeout
+from ..base import HEADER, HEADER_SIZE
 from ..mailbox import PendingRecv, lock_timeout
 
-HEADER = struct.Struct("<QQ")
-HEADER_SIZE = HEADER.size
 CLOSE_TAG = (1 << 64) - 1  # a peer's last message before a clean close (a "goodbye")
 SCRATCH_SIZE = 256 * 1024  # per-connection buffer for headers and small payloads
 DRAIN_READS = 64  # at most this many reads of unread data when closing a socket

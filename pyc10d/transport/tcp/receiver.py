@@ -13,17 +13,17 @@ import select
 import threading
 from collections.abc import Callable
 
-from ...core.errors import DistBackendError
-from ..base import PeerFailedError
+from ...core.errors import DistBackendError, PeerFailedError
+from ..base import HEADER, HEADER_SIZE
 from ..mailbox import CANCELLED, FAILED, FILLING, Mailbox, PendingRecv
-from .conn import CLOSE_TAG, HEADER, HEADER_SIZE, SCRATCH_SIZE, PeerConn
+from ..receiver_thread import ReceiverThread
+from .conn import CLOSE_TAG, SCRATCH_SIZE, PeerConn
 
-JOIN_TIMEOUT_S = 10.0
 ACCEPT_GRACE_S = 0.005  # how long a large unexpected payload waits for its receive to be posted
 _unpack_header = HEADER.unpack_from
 
 
-class Receiver:
+class Receiver(ReceiverThread):
     """Reads all ``conns`` on a daemon thread and feeds ``mailbox``; ``on_fail`` is called
     (on that thread) once the transport has failed because a peer was lost."""
 
@@ -46,12 +46,7 @@ class Receiver:
         self._ep.register(self._wake_r, select.EPOLLIN)
         self._ready: list[PendingRecv] = []  # settled receives to wake before blocking again
         self._stop_error: DistBackendError | None = None
-        self._after_exit: Callable[[], None] | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self.thread.start()
+        super().__init__(name)
 
     def wake(self) -> None:
         """Make the thread look at cancelled receives (and its stop request) soon."""
@@ -70,15 +65,7 @@ class Receiver:
         receiver thread (a garbage-collection finalizer) the thread runs it as it exits.
         """
         self._stop_error = err
-        if threading.current_thread() is self.thread:
-            self._after_exit = after_exit
-            self.wake()
-            return
-        self.wake()
-        if self.thread.ident is not None:
-            self.thread.join(JOIN_TIMEOUT_S)
-        if not self.thread.is_alive():
-            after_exit()
+        self._stop_thread(after_exit)
 
     def close_fds(self) -> None:
         """Close the epoll object and the wake-up pipe (after the thread has exited)."""
@@ -90,21 +77,18 @@ class Receiver:
                 os.close(fd)
 
     # -- the thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:
-            self._fail(DistBackendError(f"TCPTransport receiver thread crashed: {exc!r}"))
-            self._on_fail()
-        finally:
-            if self._after_exit is not None:
-                self._after_exit()
+    def _crashed(self, exc: BaseException) -> None:
+        self._fail(DistBackendError(f"TCPTransport receiver thread crashed: {exc!r}"))
+        self._on_fail()
+
+    def _exiting(self) -> None:
+        """Nothing left to settle: whatever ended the loop failed the receives being filled."""
 
     def _loop(self) -> None:
         poll = self._ep.poll
         by_fd = self._by_fd
         wake_fd = self._wake_r
-        read = self._read
+        service = self._service
         ready = self._ready
         while True:
             if ready:  # woken only now, so that they do not wait for this thread's GIL
@@ -117,16 +101,18 @@ class Receiver:
                         return
                     continue
                 conn = by_fd.get(fd)
-                if conn is None:
-                    continue
-                try:
-                    if read(conn):
-                        continue
-                    reason = None
-                except OSError as exc:
-                    reason = f"connection error: {exc}"
-                if self._lost(conn, reason):
+                if conn is not None and service(conn):
                     return
+
+    def _service(self, conn: PeerConn) -> bool:
+        """Read what ``conn`` has; True if its loss failed the transport."""
+        try:
+            if self._read(conn):
+                return False
+            reason = None
+        except OSError as exc:
+            reason = f"connection error: {exc}"
+        return self._lost(conn, reason)
 
     def _on_wake(self) -> bool:
         """Drain the wake-up pipe; stop (True) or let go of cancelled receives (False)."""
@@ -183,43 +169,49 @@ class Receiver:
 
     # -- reading ------------------------------------------------------------------------------
     def _read(self, c: PeerConn) -> bool:
-        """Read ``c`` until it would block; False at end of stream."""
-        recv_into = c.sock.recv_into
+        """Read ``c`` until it would block; False at end of stream.
+
+        Each step reads into the streamed payload, the bytes being dropped, or the scratch
+        buffer, and returns None to go on, True when the socket has no more, False at its end.
+        """
         try:
             while True:
                 if c.pending is not None:
                     self._redirect(c)
-                body = c.body
-                if body is not None:
-                    got = c.got
-                    want = c.need - got
-                    n = recv_into(body[got:] if got else body, want)
-                    if not n:
-                        return False
-                    c.got = got + n
-                    if n == want:
-                        self._complete(c)
-                    else:
-                        return True
+                if c.body is not None:
+                    status = self._read_body(c)
                 elif c.drop:
-                    want = min(c.drop, SCRATCH_SIZE)
-                    n = recv_into(c.scratch, want)
-                    if not n:
-                        return False
-                    c.drop -= n
-                    if n < want:
-                        return True
+                    status = _read_dropped(c)
                 else:
-                    have = c.have
-                    want = SCRATCH_SIZE - have
-                    n = recv_into(c.sview[have:] if have else c.scratch, want)
-                    if not n:
-                        return False
-                    self._parse(c, have + n)
-                    if n < want:
-                        return True
+                    status = self._read_scratch(c)
+                if status is not None:
+                    return status
         except BlockingIOError:
             return True
+
+    def _read_body(self, c: PeerConn) -> bool | None:
+        """Stream into the payload's buffer; complete it once whole."""
+        body, got = c.body, c.got
+        assert body is not None
+        want = c.need - got
+        n = c.sock.recv_into(body[got:] if got else body, want)
+        if not n:
+            return False
+        c.got = got + n
+        if n < want:
+            return True
+        self._complete(c)
+        return None
+
+    def _read_scratch(self, c: PeerConn) -> bool | None:
+        """Read headers and small payloads into the scratch buffer and deliver them."""
+        have = c.have
+        want = SCRATCH_SIZE - have
+        n = c.sock.recv_into(c.sview[have:] if have else c.scratch, want)
+        if not n:
+            return False
+        self._parse(c, have + n)
+        return True if n < want else None
 
     def _parse(self, c: PeerConn, end: int) -> None:
         """Deliver the messages in ``c.scratch[:end]``; start streaming an incomplete one."""
@@ -297,3 +289,13 @@ class Receiver:
         c.body = None
         c.dest = None
         c.pending = None
+
+
+def _read_dropped(c: PeerConn) -> bool | None:
+    """Read and throw away bytes of a payload nobody will receive (a discarded collective)."""
+    want = min(c.drop, SCRATCH_SIZE)
+    n = c.sock.recv_into(c.scratch, want)
+    if not n:
+        return False
+    c.drop -= n
+    return True if n < want else None

@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from ...core.errors import DistBackendError, DistStoreError
+from ...core.errors import DistBackendError, DistNetworkError, DistStoreError
 from ...core.timeouts import Deadline, format_ms
 from ...store import Store, TCPStore
 
@@ -103,7 +103,7 @@ def listen(bind_host: str | None, backlog: int) -> socket.socket:
         sock.listen(max(backlog, 1))
     except OSError as exc:
         sock.close()
-        raise DistBackendError(f"TCPTransport could not listen on {host}: {exc}") from exc
+        raise DistNetworkError(f"TCPTransport could not listen on {host}: {exc}") from exc
     return sock
 
 

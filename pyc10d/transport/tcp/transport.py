@@ -16,11 +16,11 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from ...core.errors import DistBackendError
+from ...core.errors import DistBackendError, fresh_error
 from ...core.timeouts import Deadline
 from ...store import Store
 from ..base import Buffer
-from ..mailbox import Mailbox, as_byte_view, fresh_error
+from ..mailbox import Mailbox, as_byte_view
 from ..mailbox_transport import MailboxTransport
 from .conn import PeerConn
 from .receiver import Receiver
@@ -102,9 +102,9 @@ def deadline_left(deadline: Deadline) -> float:
 class TCPTransport(MailboxTransport):
     """Tagged messages between ``world_size`` ranks over a full mesh of TCP connections.
 
-    Setup goes through ``store`` (already namespaced for this group) and must finish within
-    ``timeout`` seconds (0: no limit). Listens on ``bind_host`` (default: all IPv4 interfaces)
-    and tells peers to connect to ``advertise_host`` (default: see
+    Setup goes through ``store`` (already namespaced for this group) and must finish by
+    ``deadline`` (``Deadline(0)``: no limit). Listens on ``bind_host`` (default: all IPv4
+    interfaces) and tells peers to connect to ``advertise_host`` (default: see
     :func:`~pyc10d.transport.tcp.setup.default_advertise_host`).
     """
 
@@ -113,7 +113,7 @@ class TCPTransport(MailboxTransport):
         store: Store,
         rank: int,
         world_size: int,
-        timeout: float,
+        deadline: Deadline,
         bind_host: str | None = None,
         advertise_host: str | None = None,
     ) -> None:
@@ -127,7 +127,6 @@ class TCPTransport(MailboxTransport):
         self._conns: list[PeerConn | None] = [None] * world_size
         socks: dict[int, socket.socket] = {}
         try:
-            deadline = Deadline(timeout)
             socks = build_mesh(store, rank, world_size, deadline, bind_host, advertise_host)
             for peer, sock in sorted(socks.items()):
                 sock.setblocking(False)
