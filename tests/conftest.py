@@ -1,29 +1,23 @@
-"""Shared pytest setup: make the checkout's ``pyc10d`` importable, here and in spawned ranks.
+"""Shared pytest setup: the modules marked ``both_transports`` run under both transports.
 
-Ranks started by :func:`pyc10d.testing.spawn` import their rank function by module name with the
-parent's ``sys.path``; pytest's default ``prepend`` import mode puts this ``tests/`` directory on
-it (so ``test_*`` modules import as top-level modules), and the line below adds the repository
-root, so that plain ``pytest`` works as well as ``python -m pytest`` without installing pyc10d.
+``tests`` is a package (its subfolders mirror ``pyc10d``'s), imported from the repository root,
+which ``pythonpath = ["."]`` in pyproject.toml puts on ``sys.path``: plain ``pytest`` works as well
+as ``python -m pytest``, and the ranks that :func:`pyc10d.testing.spawn` starts (with the parent's
+``sys.path``) import their rank function's module by the same name (``tests.api.test_p2p``...).
 """
 
-import sys
-from pathlib import Path
-
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import pytest  # noqa: E402
+import pytest
 
 # The collective suites run under both transports (issue: "the collective test suite runs under
 # both"): ``auto`` (the default: shared-memory arena on one host) and ``tcp`` (the cross-host path).
-TRANSPORT_MODULES = {"test_process_group", "test_process_group_seed", "test_api_collectives"}
+# A module opts in with ``pytestmark = pytest.mark.both_transports``.
+TRANSPORTS = ["auto", "tcp"]
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.module.__name__ in TRANSPORT_MODULES:
+    if metafunc.definition.get_closest_marker("both_transports") is not None:
         metafunc.fixturenames.append("pyc10d_transport")
-        metafunc.parametrize("pyc10d_transport", ["auto", "tcp"])
+        metafunc.parametrize("pyc10d_transport", TRANSPORTS)
 
 
 @pytest.fixture(autouse=True)

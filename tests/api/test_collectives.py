@@ -16,6 +16,9 @@ import torch.distributed as tdist
 import pyc10d as dist
 from pyc10d.testing import spawn, world_sizes
 
+# every test here runs under both transports (auto and tcp): see tests/conftest.py
+pytestmark = pytest.mark.both_transports
+
 TIMEOUT = 90
 NOT_MEMBER = "does not belong to the given group"
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the ProcessGroup tests (imported by the ranks too, so kept at top level)."""
+"""Helpers shared by the ProcessGroup tests (imported by the ranks too, as ``tests.helpers.pg``)."""
 
 from __future__ import annotations
 

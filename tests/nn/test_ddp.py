@@ -19,7 +19,7 @@ import pyc10d as dist
 from pyc10d.nn.parallel import DistributedDataParallel as DDP
 from pyc10d.testing import spawn, world_sizes
 
-from ddp_helpers import init, sgd_step
+from tests.helpers.ddp import init, sgd_step
 
 TIMEOUT = 90
 LR = 0.1

@@ -14,7 +14,7 @@ from pyc10d.nn.parallel import DistributedDataParallel as DDP
 from pyc10d.nn.parallel import GradBucket
 from pyc10d.testing import spawn, world_sizes
 
-from ddp_helpers import assert_same_across_ranks, batch, error_of, init, sgd_step
+from tests.helpers.ddp import assert_same_across_ranks, batch, error_of, init, sgd_step
 
 TIMEOUT = 90
 

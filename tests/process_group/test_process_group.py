@@ -15,7 +15,10 @@ from pyc10d import ReduceOp
 from pyc10d.process_group import options as o
 from pyc10d.testing import spawn, world_sizes
 
-from pg_helpers import make_pg, value_of
+from tests.helpers.pg import make_pg, value_of
+
+# every test here runs under both transports (auto and tcp): see tests/conftest.py
+pytestmark = pytest.mark.both_transports
 
 TIMEOUT = 90
 

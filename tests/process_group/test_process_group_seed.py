@@ -1,9 +1,9 @@
 """More of torch's ProcessGroupGloo tests (CPU), run across processes on a live ProcessGroup.
 
-Covers what tests/test_process_group.py does not: every ``*_checks`` test of the seed issued
-through a real group (the group stays usable and its sequence number does not move), the
-remaining stress and async tests, point-to-point all-to-all and complex tensors, dtype coverage,
-large messages, barrier ordering, store timeouts and ``tcp://`` rendezvous.
+Covers what tests/process_group/test_process_group.py does not: every ``*_checks`` test of the
+seed issued through a real group (the group stays usable and its sequence number does not move),
+the remaining stress and async tests, point-to-point all-to-all and complex tensors, dtype
+coverage, large messages, barrier ordering, store timeouts and ``tcp://`` rendezvous.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from pyc10d import ProcessGroup, ReduceOp
 from pyc10d.process_group import options as o
 from pyc10d.testing import spawn, world_sizes
 
-from pg_helpers import make_pg, opts_of, value_of
+from tests.helpers.pg import make_pg, opts_of, value_of
+
+# every test here runs under both transports (auto and tcp): see tests/conftest.py
+pytestmark = pytest.mark.both_transports
 
 TIMEOUT = 90
 

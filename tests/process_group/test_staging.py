@@ -13,7 +13,7 @@ import torch
 from pyc10d.process_group import staging
 from pyc10d.testing import spawn, world_sizes
 
-from pg_helpers import make_pg, value_of
+from tests.helpers.pg import make_pg, value_of
 
 
 def _pretend_float64_is_a_device() -> None:

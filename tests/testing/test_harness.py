@@ -1,7 +1,7 @@
 """Tests of the multi-process harness ``pyc10d.testing``.
 
-The rank bodies are module-level functions: the ranks import this module by name (``test_harness``,
-from the ``tests/`` directory pytest puts on ``sys.path``).
+The rank bodies are module-level functions: the ranks import this module by name
+(``tests.testing.test_harness``, from the repository root pytest puts on ``sys.path``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run by ``pyc10d-run`` in tests/test_launcher.py: meet through env://, all_reduce, record it."""
+"""Run by ``pyc10d-run`` in tests/launcher/test_launcher.py: env://, all_reduce, record it."""
 
 import json
 import sys

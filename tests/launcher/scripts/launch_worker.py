@@ -1,4 +1,4 @@
-"""A worker for tests/test_launcher.py, started by ``pyc10d-run``; arguments pick its behaviour.
+"""A worker run by ``pyc10d-run`` for tests/launcher/test_launcher.py; arguments pick its behaviour.
 
 Every rank first writes ``rank<R>.json`` into ``--out`` (its launcher variables, arguments, pid
 and the pid of a child it started with ``--child``). It imports no torch, so it starts fast.

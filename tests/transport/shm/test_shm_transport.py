@@ -14,20 +14,14 @@ import traceback
 
 import pytest
 
+from pyc10d.core.errors import PeerFailedError, TransportTimeout
+from pyc10d.core.tags import op_tag, p2p_tag
 from pyc10d.core.timeouts import Deadline
 from pyc10d.store import PrefixStore
 from pyc10d.testing import spawn, world_sizes
-from pyc10d.transport import (
-    HybridTransport,
-    PeerFailedError,
-    TCPTransport,
-    TransportTimeout,
-    make_transport,
-    op_tag,
-    p2p_tag,
-)
+from pyc10d.transport import HybridTransport, TCPTransport, make_transport
+from pyc10d.transport.base import HEADER
 from pyc10d.transport.shm.ring import CAPACITY
-from pyc10d.transport.tcp.conn import HEADER
 
 BIG = 20 * 1024 * 1024
 _pattern: bytes | None = None
@@ -36,7 +30,7 @@ _pattern: bytes | None = None
 # -- helpers --------------------------------------------------------------------------------------
 def make(ctx, timeout: float = 30.0) -> HybridTransport:
     t = HybridTransport(
-        PrefixStore("tx", ctx.store), ctx.rank, ctx.world_size, timeout, shm_peers="all"
+        PrefixStore("tx", ctx.store), ctx.rank, ctx.world_size, Deadline(timeout), shm_peers="all"
     )
     assert len(t.shm_peers) == ctx.world_size - 1
     return t
@@ -299,7 +293,7 @@ def factory(ctx) -> list[str]:
     kinds = []
     for mode in ("tcp", "auto", "shm"):
         os.environ["PYC10D_TRANSPORT"] = mode
-        t = make_transport(PrefixStore(mode, ctx.store), ctx.rank, ctx.world_size, 30)
+        t = make_transport(PrefixStore(mode, ctx.store), ctx.rank, ctx.world_size, Deadline(30))
         kinds.append(type(t).__name__)
         t.send(1 - ctx.rank, 5, mode.encode(), Deadline(10))
         assert t.recv_bytes(1 - ctx.rank, 5, Deadline(10)) == mode.encode()

@@ -15,19 +15,13 @@ import traceback
 
 import pytest
 
-from pyc10d.core.errors import DistBackendError
+from pyc10d.core.errors import DistBackendError, PeerFailedError, TransportTimeout
+from pyc10d.core.tags import op_tag, p2p_tag, tag_seq
 from pyc10d.core.timeouts import Deadline
 from pyc10d.store import HashStore, PrefixStore, TCPStore
 from pyc10d.testing import spawn, world_sizes
-from pyc10d.transport import (
-    PeerFailedError,
-    TCPTransport,
-    TransportTimeout,
-    op_tag,
-    p2p_tag,
-    tag_seq,
-)
-from pyc10d.transport.tcp.conn import HEADER
+from pyc10d.transport import TCPTransport
+from pyc10d.transport.base import HEADER
 from pyc10d.transport.tcp.setup import HELLO, default_advertise_host
 
 BIG = 32 * 1024 * 1024
@@ -37,7 +31,7 @@ _pattern: bytes | None = None
 
 # -- helpers --------------------------------------------------------------------------------------
 def make(ctx, timeout: float = 30.0) -> TCPTransport:
-    return TCPTransport(PrefixStore("tx", ctx.store), ctx.rank, ctx.world_size, timeout)
+    return TCPTransport(PrefixStore("tx", ctx.store), ctx.rank, ctx.world_size, Deadline(timeout))
 
 
 def payload(src: int, dst: int, size: int) -> bytes:
@@ -87,7 +81,7 @@ def receiver_threads() -> list[str]:
 def pair(timeout: float = 10.0) -> tuple[TCPTransport, TCPTransport]:
     """Two connected transports in this process (ranks 0 and 1), built on threads."""
     store = HashStore()
-    builders = [Background(TCPTransport, store, r, 2, timeout) for r in range(2)]
+    builders = [Background(TCPTransport, store, r, 2, Deadline(timeout)) for r in range(2)]
     return builders[0].result(), builders[1].result()
 
 
@@ -405,7 +399,7 @@ def test_stray_connection_is_rejected():
 
 # -- in-process checks ----------------------------------------------------------------------------
 def test_single_rank_and_argument_checks():
-    with TCPTransport(HashStore(), 0, 1, 5) as t:
+    with TCPTransport(HashStore(), 0, 1, Deadline(5)) as t:
         t.send(0, 7, b"alone", Deadline(1))
         assert t.recv_bytes(0, 7, Deadline(1)) == b"alone"
         with pytest.raises(ValueError, match="out of range"):
@@ -418,7 +412,7 @@ def test_single_rank_and_argument_checks():
             t.recv_any([], 7, memoryview(bytearray(1)), Deadline(1))
     assert t.error is not None and "closed" in str(t.error)
     with pytest.raises(ValueError):
-        TCPTransport(HashStore(), 2, 2, 5)
+        TCPTransport(HashStore(), 2, 2, Deadline(5))
 
 
 def test_advertise_host_defaults():
@@ -523,7 +517,7 @@ def back_to_back_large(ctx) -> int:
 
     from pyc10d.core.tensor_bytes import byte_view
 
-    t = TCPTransport(PrefixStore("b2b", ctx.store), ctx.rank, ctx.world_size, 30)
+    t = TCPTransport(PrefixStore("b2b", ctx.store), ctx.rank, ctx.world_size, Deadline(30))
     n, count = 3 << 20, 12  # 12 MiB float32 messages
     buf = torch.empty(n)
     for i in range(count):

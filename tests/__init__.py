@@ -1,0 +1,1 @@
+"""pyc10d's tests: the subpackages mirror pyc10d's (store/, transport/, process_group/...)."""
