@@ -7,7 +7,6 @@ every run no ``pyc10d`` segment may be left in ``/dev/shm``.
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 import traceback
@@ -23,8 +22,9 @@ from pyc10d.transport import HybridTransport, TCPTransport, make_transport
 from pyc10d.transport.base import HEADER
 from pyc10d.transport.shm.ring import CAPACITY
 
+from tests.helpers.transport import Background, payload, wait_posted
+
 BIG = 20 * 1024 * 1024
-_pattern: bytes | None = None
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -34,15 +34,6 @@ def make(ctx, timeout: float = 30.0) -> HybridTransport:
     )
     assert len(t.shm_peers) == ctx.world_size - 1
     return t
-
-
-def payload(src: int, dst: int, size: int) -> bytes:
-    """Pseudo-random bytes, different for each (src, dst) pair."""
-    global _pattern
-    if _pattern is None or len(_pattern) < size + 4096:
-        _pattern = random.Random(1234).randbytes(max(size, 1024 * 1024) + 4096)
-    offset = (src * 131 + dst * 17) % 4096
-    return _pattern[offset : offset + size]
 
 
 def shm_leftovers() -> list[str]:
@@ -58,36 +49,6 @@ def run(fn, world_size: int) -> list:
     results = spawn(fn, world_size, timeout=60)
     assert shm_leftovers() == []
     return results
-
-
-def wait_posted(t, tag: int, seconds: float = 20.0) -> None:
-    deadline = Deadline(seconds)
-    while not t._mb.has_posted(tag):
-        assert not deadline.expired(), f"receive for tag {tag} never got posted"
-        time.sleep(0.001)
-
-
-class Background:
-    """Run ``fn`` on a thread; ``result()`` joins it and returns its value or raises its error."""
-
-    def __init__(self, fn, *args) -> None:
-        self._value = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, *args) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:
-            self._error = exc
-
-    def result(self, timeout: float = 30.0):
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "background call did not finish"
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def shm_threads() -> list[str]:
