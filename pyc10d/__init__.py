@@ -5,7 +5,7 @@ Use it where you would use ``torch.distributed``::
     import pyc10d as dist
 """
 
-from . import data, futures, nn
+from . import data, futures, nn, torch_backend
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
 from .core.errors import (
@@ -22,6 +22,8 @@ from .rendezvous import register_rendezvous_handler, rendezvous
 from .store import FileStore, HashStore, PrefixStore, Store, TCPStore
 
 __version__ = "0.1.0"
+
+torch_backend.register()  # torch.distributed.init_process_group("pyc10d") works from here on
 
 __all__ = [
     "DistBackendError",

@@ -31,6 +31,7 @@ LAYERS = {
     "run": 6,
     "algorithms": 6,
     "testing": 6,
+    "torch_backend": 6,
 }
 TOP_LAYER = 7  # pyc10d/__init__.py
 

@@ -213,7 +213,14 @@ def check_before_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tenso
     collective: CollectiveFingerPrint(...). Collectives differ in the following aspects: ...".
     A no-op below DETAIL, on a single-rank group, or when ``pg`` is None (a non-member).
     """
-    if _level is not DebugLevel.DETAIL or pg is None or pg.size() == 1:
+    if _level is DebugLevel.DETAIL and pg is not None:
+        verify_same_collective(pg, op_name, tensors)
+
+
+def verify_same_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tensor]) -> None:
+    """The check of :func:`check_before_collective`, whatever the debug level (the torch
+    backend runs it when torch's own level is DETAIL)."""
+    if pg.size() == 1:
         return
     mine = _fingerprint(pg._get_sequence_number_for_group(), op_name, tensors)
     payload = _encode(mine)

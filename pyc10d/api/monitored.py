@@ -30,7 +30,7 @@ from ..process_group import ProcessGroup
 from ..store import Store
 from .state import is_non_member, resolve, warn_not_in_group
 
-__all__ = ["monitored_barrier"]
+__all__ = ["monitored_barrier"]  # run_monitored_barrier is for the torch backend
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _check_timeout(timeout: Any, pg: ProcessGroup) -> timedelta:
         warnings.warn(
             "Please specify timeout arg as a timedelta. "
             f"Converting current value of {timeout} assuming it represents seconds",
-            stacklevel=3,
+            stacklevel=4,
         )
         timeout = timedelta(seconds=timeout)
     if not isinstance(timeout, timedelta):
@@ -142,6 +142,13 @@ def monitored_barrier(
     if pg is None:
         warn_not_in_group("monitored_barrier")
         return
+    run_monitored_barrier(pg, timeout, wait_all_ranks)
+
+
+def run_monitored_barrier(
+    pg: ProcessGroup, timeout: timedelta | float | None, wait_all_ranks: bool
+) -> None:
+    """:func:`monitored_barrier` on a pyc10d group whose member this process is."""
     timeout = _check_timeout(timeout, pg)
     if pg.size() == 1:
         return

@@ -1,0 +1,300 @@
+"""``ProcessGroupPyc10d``: pyc10d's engine behind torch's ``torch.distributed.ProcessGroup``.
+
+torch's Python API and its C++ callers (DDP's reducer, functional collectives, DTensor) call the
+methods of a ``ProcessGroup``; pybind's trampoline sends those calls to this Python subclass,
+which hands the very same tensors to a pyc10d :class:`~pyc10d.process_group.ProcessGroup`
+(no copy on the way in or out) and wraps its Work as a torch Work.
+
+torch's backend creator may return a ``ProcessGroup`` subclass, and then uses it as the group
+itself (a C++ ``Backend`` cannot be made from Python). So torch does not wrap it in its DETAIL
+debug wrapper: under ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` this class checks, before each
+collective, that every rank runs the same one (pyc10d's DETAIL check, torch's messages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+from ..api.debug import verify_same_collective
+from ..api.monitored import run_monitored_barrier
+from ..process_group import ProcessGroup
+from ..process_group.options import (
+    AllgatherOptions,
+    AllreduceCoalescedOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BarrierOptions,
+    BroadcastOptions,
+    GatherOptions,
+    Options,
+    ReduceOptions,
+    ReduceScatterOptions,
+    ScatterOptions,
+)
+from .options import from_torch
+from .register import BACKEND_NAME
+from .store import TorchStore
+from .work import TorchWork
+
+
+Tensors = Sequence[torch.Tensor]
+
+
+def _is_detail() -> bool:
+    """True when torch's own debug level is DETAIL (``TORCH_DISTRIBUTED_DEBUG=DETAIL``)."""
+    return torch_dist.get_debug_level() == torch_dist.DebugLevel.DETAIL
+
+
+class ProcessGroupPyc10d(torch_dist.ProcessGroup):
+    """A torch ``ProcessGroup`` whose every operation runs on pyc10d (as ProcessGroupGloo does
+    on Gloo): the same semantics, messages, timeouts and futures as pyc10d's own group."""
+
+    def __init__(
+        self,
+        store: torch_dist.Store,
+        rank: int,
+        size: int,
+        timeout: timedelta,
+        options: Options | None = None,
+    ) -> None:
+        super().__init__(rank, size)
+        options = options if options is not None else Options()
+        options.timeout = timeout
+        self.pg = ProcessGroup(TorchStore(store), rank, size, options)
+        self._torch_store = store
+        self._group_name = ""
+        self._group_desc = ""
+        self._detail = _is_detail()
+
+    # -- identity (the C++ names are what the trampoline calls) --------------------------------
+    def getBackendName(self) -> str:  # noqa: N802 (torch's C++ name)
+        """``"pyc10d"``."""
+        return BACKEND_NAME
+
+    def name(self) -> str:
+        """``"pyc10d"`` (torch's ``ProcessGroup.name()``)."""
+        return BACKEND_NAME
+
+    def _get_backend_name(self) -> str:
+        """``"pyc10d"``."""
+        return BACKEND_NAME
+
+    def getGroupName(self) -> str:  # noqa: N802
+        """The name torch registered the group under (funcol and DeviceMesh resolve it)."""
+        return self._group_name
+
+    def setGroupName(self, name: str) -> None:  # noqa: N802
+        """Set by torch right after the creator returns."""
+        self._group_name = name
+
+    def getGroupDesc(self) -> str:  # noqa: N802
+        """The group's description (``new_group(group_desc=...)``)."""
+        return self._group_desc
+
+    def setGroupDesc(self, desc: str) -> None:  # noqa: N802
+        """Set by torch right after the creator returns."""
+        self._group_desc = desc
+
+    @property
+    def group_name(self) -> str:
+        """torch's ``ProcessGroup.group_name``."""
+        return self._group_name
+
+    @property
+    def group_desc(self) -> str:
+        """torch's ``ProcessGroup.group_desc``."""
+        return self._group_desc
+
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
+    def get_group_store(self) -> torch_dist.Store:
+        """The store torch gave the creator."""
+        return self._torch_store
+
+    def _get_sequence_number_for_group(self) -> int:
+        """How many collectives this group has issued (the same on every rank)."""
+        return self.pg._get_sequence_number_for_group()
+
+    def _set_sequence_number_for_group(self) -> None:
+        """Sequence numbers start at 0 on every rank already: nothing to agree on."""
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        """The default timeout of later operations."""
+        self.pg.set_timeout(timeout)
+
+    def _set_default_timeout(self, timeout: timedelta) -> None:
+        self.pg.set_timeout(timeout)
+
+    def shutdown(self) -> None:
+        """Fail pending operations, close connections, join threads (idempotent)."""
+        self.pg.shutdown()
+
+    def abort(self) -> None:
+        """Like :meth:`shutdown`: pending operations fail at once, without waiting for peers."""
+        self.pg.shutdown()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _checked(self, op_name: str, tensors: Sequence[Any]) -> None:
+        if self._detail:
+            verify_same_collective(self.pg, op_name, tensors)
+
+    # -- collectives --------------------------------------------------------------------------
+    def broadcast(self, tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.broadcast``."""
+        self._checked("broadcast", [tensors])
+        return TorchWork(self.pg.broadcast(tensors, from_torch(BroadcastOptions, opts)))
+
+    def allreduce(self, tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.allreduce`` (dense and sparse)."""
+        self._checked("all_reduce", [tensors])
+        return TorchWork(self.pg.allreduce(tensors, from_torch(AllreduceOptions, opts)))
+
+    def allreduce_coalesced(self, tensors: Tensors, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.allreduce_coalesced``."""
+        self._checked("all_reduce_coalesced", tensors)
+        options = from_torch(AllreduceCoalescedOptions, opts)
+        return TorchWork(self.pg.allreduce_coalesced(tensors, options))
+
+    def reduce(self, tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.reduce``."""
+        self._checked("reduce", [tensors])
+        return TorchWork(self.pg.reduce(tensors, from_torch(ReduceOptions, opts)))
+
+    def allgather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.allgather``."""
+        self._checked("all_gather", [input_tensors])
+        options = from_torch(AllgatherOptions, opts)
+        return TorchWork(self.pg.allgather(output_tensors, input_tensors, options))
+
+    def _allgather_base(
+        self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup._allgather_base`` (``all_gather_into_tensor``)."""
+        self._checked("_allgather_base", [input])
+        options = from_torch(AllgatherOptions, opts)
+        return TorchWork(self.pg._allgather_base(output, input, options))
+
+    all_gather_single = _allgather_base
+
+    def allgather_coalesced(
+        self, output_lists: Sequence[Tensors], input_list: Tensors, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup.allgather_coalesced``."""
+        self._checked("all_gather_coalesced", input_list)
+        options = from_torch(AllgatherOptions, opts)
+        return TorchWork(self.pg.allgather_coalesced(output_lists, input_list, options))
+
+    def allgather_into_tensor_coalesced(
+        self, outputs: Tensors, inputs: Tensors, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup.allgather_into_tensor_coalesced``."""
+        self._checked("all_gather_into_tensor_coalesced", inputs)
+        options = from_torch(AllgatherOptions, opts)
+        return TorchWork(self.pg.allgather_into_tensor_coalesced(outputs, inputs, options))
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+
+    def gather(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.gather``."""
+        self._checked("gather", [input_tensors])
+        options = from_torch(GatherOptions, opts)
+        return TorchWork(self.pg.gather(output_tensors, input_tensors, options))
+
+    def scatter(self, output_tensors: Any, input_tensors: Any, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.scatter``."""
+        self._checked("scatter", [output_tensors])
+        options = from_torch(ScatterOptions, opts)
+        return TorchWork(self.pg.scatter(output_tensors, input_tensors, options))
+
+    def reduce_scatter(
+        self, output_tensors: Any, input_tensors: Any, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup.reduce_scatter``."""
+        self._checked("reduce_scatter", [output_tensors])
+        options = from_torch(ReduceScatterOptions, opts)
+        return TorchWork(self.pg.reduce_scatter(output_tensors, input_tensors, options))
+
+    def _reduce_scatter_base(
+        self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup._reduce_scatter_base`` (``reduce_scatter_tensor``)."""
+        self._checked("_reduce_scatter_base", [input])
+        options = from_torch(ReduceScatterOptions, opts)
+        return TorchWork(self.pg._reduce_scatter_base(output, input, options))
+
+    reduce_scatter_single = _reduce_scatter_base
+
+    def reduce_scatter_tensor_coalesced(
+        self, outputs: Tensors, inputs: Tensors, opts: Any = None
+    ) -> TorchWork:
+        """torch ``ProcessGroup.reduce_scatter_tensor_coalesced``."""
+        self._checked("reduce_scatter_tensor_coalesced", inputs)
+        options = from_torch(ReduceScatterOptions, opts)
+        return TorchWork(self.pg.reduce_scatter_tensor_coalesced(outputs, inputs, options))
+
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+
+    def alltoall_base(
+        self,
+        output: torch.Tensor,
+        input: torch.Tensor,
+        output_split_sizes: Sequence[int],
+        input_split_sizes: Sequence[int],
+        opts: Any = None,
+    ) -> TorchWork:
+        """torch ``ProcessGroup.alltoall_base`` (``all_to_all_single``)."""
+        self._checked("all_to_all_single", [input])
+        options = from_torch(AllToAllOptions, opts)
+        return TorchWork(
+            self.pg.alltoall_base(
+                output, input, list(output_split_sizes), list(input_split_sizes), options
+            )
+        )
+
+    all_to_all_single = alltoall_base
+
+    def alltoall(self, output_tensors: Tensors, input_tensors: Tensors, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.alltoall``."""
+        self._checked("all_to_all", input_tensors)
+        options = from_torch(AllToAllOptions, opts)
+        return TorchWork(self.pg.alltoall(output_tensors, input_tensors, options))
+
+    def barrier(self, opts: Any = None) -> TorchWork:
+        """torch ``ProcessGroup.barrier``."""
+        self._checked("barrier", [])
+        return TorchWork(self.pg.barrier(from_torch(BarrierOptions, opts)))
+
+    def monitored_barrier(
+        self, timeout: timedelta | None = None, wait_all_ranks: bool = False
+    ) -> None:
+        """Gloo's ``monitored_barrier``: rank 0 names the ranks that missed ``timeout``.
+
+        torch's ``dist.monitored_barrier`` accepts only groups named "gloo"; call this method
+        (or ``pyc10d.monitored_barrier``'s semantics through it) on a pyc10d group instead.
+        """
+        run_monitored_barrier(self.pg, timeout, wait_all_ranks)
+
+    # -- point to point -----------------------------------------------------------------------
+    def send(self, tensors: Tensors, dstRank: int, tag: int = 0) -> TorchWork:  # noqa: N803
+        """torch ``ProcessGroup.send``."""
+        return TorchWork(self.pg.send(list(tensors), dstRank, tag))
+
+    def recv(self, tensors: Tensors, srcRank: int, tag: int = 0) -> TorchWork:  # noqa: N803
+        """torch ``ProcessGroup.recv``."""
+        return TorchWork(self.pg.recv(list(tensors), srcRank, tag))
+
+    def recv_anysource(self, tensors: Tensors, tag: int = 0) -> TorchWork:
+        """torch ``ProcessGroup.recv_anysource``."""
+        return TorchWork(self.pg.recv_anysource(list(tensors), tag))
+
+    def __repr__(self) -> str:
+        return f"<ProcessGroupPyc10d rank={self.rank()} size={self.size()} {self._group_name!r}>"
