@@ -6,26 +6,39 @@ deadline passed) and :class:`PeerFailedError` (a peer is gone, named by ``peer``
 
 from __future__ import annotations
 
+import torch
+
 from .timeouts import format_ms
 
+if torch.distributed.is_available():
+    _TorchDistError: type[RuntimeError] = torch.distributed.DistError
+    _TorchBackendError: type[RuntimeError] = torch.distributed.DistBackendError
+    _TorchStoreError: type[RuntimeError] = torch.distributed.DistStoreError
+    _TorchNetworkError: type[RuntimeError] = torch.distributed.DistNetworkError
+    _TorchQueueEmptyError: type[RuntimeError] = torch.distributed.QueueEmptyError
+else:  # a torch build without distributed: plain RuntimeErrors
+    _TorchDistError = _TorchBackendError = _TorchStoreError = RuntimeError
+    _TorchNetworkError = _TorchQueueEmptyError = RuntimeError
 
-class DistError(RuntimeError):
-    """Base class for pyc10d errors; a ``RuntimeError`` like torch's ``DistError``."""
+
+class DistError(_TorchDistError):
+    """Base class for pyc10d errors; also a ``torch.distributed.DistError`` (a RuntimeError),
+    so code written for torch catches pyc10d's errors."""
 
 
-class DistBackendError(DistError):
+class DistBackendError(DistError, _TorchBackendError):
     """A collective or point-to-point operation failed (torch's ``DistBackendError``)."""
 
 
-class DistStoreError(DistError):
+class DistStoreError(DistError, _TorchStoreError):
     """A key-value store operation failed or timed out (torch's ``DistStoreError``)."""
 
 
-class DistNetworkError(DistError):
+class DistNetworkError(DistError, _TorchNetworkError):
     """A socket could not be bound, connected, or was lost (torch's ``DistNetworkError``)."""
 
 
-class QueueEmptyError(DistStoreError):
+class QueueEmptyError(DistStoreError, _TorchQueueEmptyError):
     """``queue_pop(key, block=False)`` found the queue empty (torch's ``QueueEmptyError``)."""
 
 

@@ -41,13 +41,34 @@ from .register import BACKEND_NAME
 from .store import TorchStore
 from .work import TorchWork
 
-
 Tensors = Sequence[torch.Tensor]
 
 
 def _is_detail() -> bool:
     """True when torch's own debug level is DETAIL (``TORCH_DISTRIBUTED_DEBUG=DETAIL``)."""
     return torch_dist.get_debug_level() == torch_dist.DebugLevel.DETAIL
+
+
+def _first_tensor(values: Any) -> torch.Tensor | None:
+    """The first tensor in ``values`` (a tensor, or lists of them), or None."""
+    while isinstance(values, (list, tuple)):
+        if not values:
+            return None
+        values = values[0]
+    return values if isinstance(values, torch.Tensor) else None
+
+
+def _require_cpu(op_name: str, tensors: Any) -> None:
+    """Refuse a tensor off the CPU, with torch's "No backend type associated" message."""
+    first = _first_tensor(tensors)
+    if first is not None and not first.is_cpu:
+        kind = first.device.type
+        raise RuntimeError(
+            f"No backend type associated with device type {kind}: the pyc10d backend serves "
+            f"CPU tensors (got one on {first.device} in {op_name}). torch cannot attach a "
+            f"second device backend beside a Python backend, so 'cpu:pyc10d,{kind}:...' "
+            f"configs are not supported: make a separate group for {kind} tensors"
+        )
 
 
 class ProcessGroupPyc10d(torch_dist.ProcessGroup):
@@ -72,7 +93,7 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         self._detail = _is_detail()
 
     # -- identity (the C++ names are what the trampoline calls) --------------------------------
-    def getBackendName(self) -> str:  # noqa: N802 (torch's C++ name)
+    def getBackendName(self) -> str:
         """``"pyc10d"``."""
         return BACKEND_NAME
 
@@ -84,19 +105,19 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         """``"pyc10d"``."""
         return BACKEND_NAME
 
-    def getGroupName(self) -> str:  # noqa: N802
+    def getGroupName(self) -> str:
         """The name torch registered the group under (funcol and DeviceMesh resolve it)."""
         return self._group_name
 
-    def setGroupName(self, name: str) -> None:  # noqa: N802
+    def setGroupName(self, name: str) -> None:
         """Set by torch right after the creator returns."""
         self._group_name = name
 
-    def getGroupDesc(self) -> str:  # noqa: N802
+    def getGroupDesc(self) -> str:
         """The group's description (``new_group(group_desc=...)``)."""
         return self._group_desc
 
-    def setGroupDesc(self, desc: str) -> None:  # noqa: N802
+    def setGroupDesc(self, desc: str) -> None:
         """Set by torch right after the creator returns."""
         self._group_desc = desc
 
@@ -144,6 +165,8 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
 
     # -- helpers ------------------------------------------------------------------------------
     def _checked(self, op_name: str, tensors: Sequence[Any]) -> None:
+        """Refuse tensors off the CPU; under DETAIL, check every rank runs the same op."""
+        _require_cpu(op_name, tensors)
         if self._detail:
             verify_same_collective(self.pg, op_name, tensors)
 
@@ -262,7 +285,9 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
 
     all_to_all_single = alltoall_base
 
-    def alltoall(self, output_tensors: Tensors, input_tensors: Tensors, opts: Any = None) -> TorchWork:
+    def alltoall(
+        self, output_tensors: Tensors, input_tensors: Tensors, opts: Any = None
+    ) -> TorchWork:
         """torch ``ProcessGroup.alltoall``."""
         self._checked("all_to_all", input_tensors)
         options = from_torch(AllToAllOptions, opts)
@@ -284,16 +309,19 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         run_monitored_barrier(self.pg, timeout, wait_all_ranks)
 
     # -- point to point -----------------------------------------------------------------------
-    def send(self, tensors: Tensors, dstRank: int, tag: int = 0) -> TorchWork:  # noqa: N803
+    def send(self, tensors: Tensors, dstRank: int, tag: int = 0) -> TorchWork:
         """torch ``ProcessGroup.send``."""
+        _require_cpu("send", tensors)
         return TorchWork(self.pg.send(list(tensors), dstRank, tag))
 
-    def recv(self, tensors: Tensors, srcRank: int, tag: int = 0) -> TorchWork:  # noqa: N803
+    def recv(self, tensors: Tensors, srcRank: int, tag: int = 0) -> TorchWork:
         """torch ``ProcessGroup.recv``."""
+        _require_cpu("recv", tensors)
         return TorchWork(self.pg.recv(list(tensors), srcRank, tag))
 
     def recv_anysource(self, tensors: Tensors, tag: int = 0) -> TorchWork:
         """torch ``ProcessGroup.recv_anysource``."""
+        _require_cpu("recv_anysource", tensors)
         return TorchWork(self.pg.recv_anysource(list(tensors), tag))
 
     def __repr__(self) -> str:
