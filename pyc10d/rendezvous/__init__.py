@@ -2,7 +2,8 @@
 
 Schemes: ``tcp://host:port?rank=R&world_size=W`` (rank 0 hosts a TCPStore),
 ``env://`` (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; or SLURM's and MPI launchers' variables)
-and ``file:///path?rank=R&world_size=W``.
+and ``file:///path?rank=R&world_size=W``. Under torchrun, ``tcp://`` and ``env://`` join the
+store its agent hosts (``TORCHELASTIC_USE_AGENT_STORE=True``), as torch's do.
 Handlers are generators yielding ``(store, rank, world_size)``; more schemes can be registered.
 """
 
@@ -12,8 +13,11 @@ import os
 from collections.abc import Callable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
-from ..core.timeouts import DEFAULT_PG_TIMEOUT, TimeoutLike
+import torch.distributed
+
+from ..core.timeouts import DEFAULT_PG_TIMEOUT, TimeoutLike, to_timedelta
 from ..store import FileStore, Store, TCPStore
+from ..store.torch_store import TorchStore
 from .launch_env import (
     LaunchEnvError,
     detect_master_addr,
@@ -93,8 +97,26 @@ def _rank_and_size(scheme: str, query: dict[str, str]) -> tuple[int, int]:
     return rank, world_size
 
 
-def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: TimeoutLike) -> TCPStore:
-    """Rank 0 hosts the (multi-tenant) server; every rank connects and the master waits for all."""
+AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"
+"""Set to ``True`` by torchrun, whose agent already hosts a (torch) TCPStore at MASTER_PORT."""
+
+
+def uses_agent_store() -> bool:
+    """True under torchrun: its agent hosts the store, so every rank joins as a client."""
+    return os.environ.get(AGENT_STORE_ENV) == str(True)
+
+
+def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: TimeoutLike) -> Store:
+    """Rank 0 hosts the (multi-tenant) server; every rank connects and the master waits for all.
+
+    Under torchrun (:func:`uses_agent_store`) the agent's torch TCPStore is joined instead, with
+    torch's own client, as ``torch.distributed``'s ``env://`` and ``tcp://`` do.
+    """
+    if uses_agent_store():
+        client = torch.distributed.TCPStore(
+            host, port, world_size, is_master=False, timeout=to_timedelta(timeout)
+        )
+        return TorchStore(client)
     return TCPStore(host, port, world_size, rank == 0, timeout, multi_tenant=True)
 
 

@@ -36,9 +36,9 @@ from ..process_group.options import (
     ReduceScatterOptions,
     ScatterOptions,
 )
+from ..store.torch_store import TorchStore
 from .options import from_torch
 from .register import BACKEND_NAME
-from .store import TorchStore
 from .work import TorchWork
 
 Tensors = Sequence[torch.Tensor]

@@ -1,8 +1,11 @@
-"""``TorchStore``: torch's own store (the one ``init_process_group`` made) seen as a pyc10d Store.
+"""``TorchStore``: a ``torch.distributed.Store`` (TCPStore, FileStore, PrefixStore...) seen as a
+pyc10d :class:`Store`.
 
-The backend creator receives torch's ``PrefixStore``; pyc10d's transports rendezvous through it
-instead of opening a second store. Each call is passed straight through; torch's store errors
-become pyc10d's :class:`DistStoreError` so the transports' timeout handling applies unchanged.
+Two users: the torch backend, whose creator receives torch's group store (pyc10d's transports
+rendezvous through it instead of opening a second one), and ``env://`` under torchrun, whose agent
+hosts a torch TCPStore that every rank joins as a client. Each call is passed straight through;
+torch's store errors become pyc10d's :class:`DistStoreError`, so pyc10d's timeout handling applies
+unchanged.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import torch.distributed as torch_dist
 
 from ..core.errors import DistStoreError
 from ..core.timeouts import TimeoutLike, to_timedelta
-from ..store import Store
-from ..store.base import ValueLike
+from .base import Store, ValueLike
 
 T = TypeVar("T")
 
