@@ -25,13 +25,19 @@ T = TypeVar("T")
 
 
 def _store_errors(method: Callable[..., T]) -> Callable[..., T]:
-    """Re-raise torch's ``DistStoreError`` (a timeout or a lost store) as pyc10d's."""
+    """Re-raise a torch store's failure (a timeout or a lost store) as pyc10d's DistStoreError.
+
+    torch's TCPStore raises ``DistStoreError`` ("wait timeout after 50ms"), its FileStore a plain
+    RuntimeError ("Wait timeout"): both mean the same to pyc10d.
+    """
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return method(*args, **kwargs)
-        except torch_dist.DistStoreError as exc:
+        except DistStoreError:
+            raise
+        except RuntimeError as exc:
             raise DistStoreError(str(exc)) from exc
 
     return wrapper

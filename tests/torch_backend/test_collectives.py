@@ -143,6 +143,17 @@ def _objects_and_coalescing(rank: int, n: int, out: Results) -> None:
         for t in tensors:
             dist.all_reduce(t)
     out["coalesced_all_reduce"] = torch.cat(tensors)
+    gathered = [torch.empty(6 * n), torch.empty(3 * n)]
+    scattered = [torch.empty(2), torch.empty(1)]
+    with dist._coalescing_manager(async_ops=True) as cm:
+        dist.all_gather_into_tensor(gathered[0], _data(rank))
+        dist.all_gather_into_tensor(gathered[1], _data(rank, 3))
+    cm.wait()
+    with dist._coalescing_manager():
+        dist.reduce_scatter_tensor(scattered[0], _data(rank, 2 * n))
+        dist.reduce_scatter_tensor(scattered[1], _data(rank, n))
+    out["coalesced_all_gather_into_tensor"] = torch.cat(gathered)
+    out["coalesced_reduce_scatter_tensor"] = torch.cat(scattered)
     sub = dist.new_group(list(range(1, n)), backend=dist.get_backend())
     t = _data(rank)
     if rank != 0:

@@ -198,3 +198,30 @@ def _bad_broadcast() -> None:
 def test_bad_input_keeps_group_usable():
     """torch-style argument errors; the next collective works."""
     assert spawn(bad_input, 2, timeout=TIMEOUT) == [2.0, 2.0]
+
+
+def monitored(ctx) -> str:
+    """The group's monitored_barrier: rank 0 names a rank that did not arrive."""
+    _init(ctx)
+    world = dist.group.WORLD
+    world.monitored_barrier(timedelta(seconds=30))  # everyone arrives
+    late = ctx.world_size - 1
+    if ctx.rank == 0:
+        with pytest.raises(RuntimeError, match=f"Rank {late} failed to pass monitoredBarrier"):
+            world.monitored_barrier(timedelta(milliseconds=300))
+        ctx.store.set("reported", b"1")
+    elif ctx.rank == late:
+        ctx.store.wait(["reported"])
+    else:
+        with pytest.raises(RuntimeError, match="received errors while waiting for send/recv"):
+            world.monitored_barrier(timedelta(milliseconds=300))
+    with pytest.raises(ValueError, match="only implemented for GLOO"):
+        dist.monitored_barrier()  # torch's function admits Gloo groups only, by name
+    dist.destroy_process_group()
+    return "ok"
+
+
+@world_sizes(2, 3)
+def test_monitored_barrier_on_the_group(world_size):
+    """ProcessGroupPyc10d.monitored_barrier behaves as Gloo's; torch's wrapper refuses by name."""
+    assert spawn(monitored, world_size, timeout=TIMEOUT) == ["ok"] * world_size
