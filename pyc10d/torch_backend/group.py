@@ -141,6 +141,31 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         """The store torch gave the creator."""
         return self._torch_store
 
+    # -- the device view torch's Python code takes of a group ----------------------------------
+    # A C++ group lists the backends registered per device; a Python group cannot register one
+    # (c10d's Backend has no Python constructor), so without these torch sees no device at all
+    # (``_device_types == []``, ``_get_backend(cpu)`` raises) and its checkpoint state dicts, DCP
+    # async_save, FSDP2's group-allocated buffers and FSDP1's optimizer state dict fail.
+    supports_splitting = False
+    supports_coalescing = False
+    supports_time_estimate = False
+
+    @property
+    def _device_types(self) -> list[torch.device]:
+        """The devices this group serves: the CPU only."""
+        return [torch.device("cpu")]
+
+    def _get_backend(self, device: Any) -> ProcessGroupPyc10d:
+        """The group stands for its own CPU backend; other devices fail with torch's message."""
+        device = torch.device(device)
+        if device.type != "cpu":
+            raise RuntimeError(f"No backend type associated with device type {device.type}")
+        return self
+
+    def supports_tensor_alloc(self, device: Any) -> bool:
+        """No special communication buffers: FSDP2 falls back to ``torch.empty``, as on Gloo."""
+        return False
+
     def _get_sequence_number_for_group(self) -> int:
         """How many collectives this group has issued (the same on every rank)."""
         return self.pg._get_sequence_number_for_group()

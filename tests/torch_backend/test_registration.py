@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 import pyc10d
+from pyc10d.store.torch_store import TorchStore
 from pyc10d.testing import spawn, world_sizes
 from pyc10d.torch_backend import BACKEND_NAME, is_registered
 from pyc10d.torch_backend.group import ProcessGroupPyc10d
-from pyc10d.store.torch_store import TorchStore
 
 TIMEOUT = 90
 
