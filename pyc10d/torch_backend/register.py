@@ -1,7 +1,9 @@
-"""Registering pyc10d with ``torch.distributed.Backend`` (kept light: torch imports it at startup).
+"""Registering pyc10d with ``torch.distributed.Backend``, and the creator torch calls.
 
-The creator is torch's extended form: it receives torch's ``_DistributedBackendOptions`` (the
-group's store, rank, size and timeout) and the ``pg_options`` the user passed, which must be a
+The registration itself (name, devices, creator) is in the top-level module
+``_pyc10d_torch_entry``, which torch's entry point loads without importing pyc10d. The creator
+is torch's extended form: it receives torch's ``_DistributedBackendOptions`` (the group's store,
+rank, size and timeout) and the ``pg_options`` the user passed, which must be a
 ``pyc10d.ProcessGroup.Options`` or None.
 """
 
@@ -9,13 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from _pyc10d_torch_entry import BACKEND_NAME, DEVICES, is_registered, register
 
-BACKEND_NAME = "pyc10d"
-"""The backend string users give ``init_process_group`` / ``new_group``."""
-
-DEVICES = ["cpu"]
-"""Devices pyc10d serves (a list: torch iterates a string's characters)."""
+__all__ = ["BACKEND_NAME", "DEVICES", "create_process_group", "is_registered", "register"]
 
 
 def create_process_group(dist_backend_opts: Any, backend_options: Any = None) -> Any:
@@ -34,20 +32,4 @@ def create_process_group(dist_backend_opts: Any, backend_options: Any = None) ->
         dist_backend_opts.group_size,
         dist_backend_opts.timeout,
         backend_options,
-    )
-
-
-def is_registered() -> bool:
-    """True once torch.distributed knows the ``"pyc10d"`` backend."""
-    if not torch.distributed.is_available():
-        return False
-    return BACKEND_NAME.upper() in torch.distributed.Backend._plugins
-
-
-def register() -> None:
-    """Make ``"pyc10d"`` a torch.distributed backend for CPU tensors (idempotent)."""
-    if not torch.distributed.is_available() or is_registered():
-        return
-    torch.distributed.Backend.register_backend(
-        BACKEND_NAME, create_process_group, extended_api=True, devices=DEVICES
     )
