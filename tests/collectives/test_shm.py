@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from datetime import timedelta
 
@@ -406,7 +407,9 @@ def late_joiner(ctx, kind: str, n: int, slot_bytes: int, later_seconds: float) -
         with pytest.raises(TransportTimeout) as info:
             collective(2, 0.3)
         message = str(info.value)
-        assert message.startswith("Timed out waiting 300ms for rank(s) 1 in shared-mem"), message
+        # rank 1 is named; on a loaded machine another rank may also be 300 ms late
+        named = re.match(r"Timed out waiting 300ms for rank\(s\) ([\d, ]+) in shared-mem", message)
+        assert named and "1" in named.group(1).split(", "), message
         assert time.monotonic() - start < 5
         arena.abandon()
         ctx.store.set(f"timed-out/{rank}", "1")
