@@ -3,7 +3,7 @@
 From the repository root::
 
     .venv/bin/python -m tests.torch_suite.run_suite --backend pyc10d            # the full suite
-    .venv/bin/python -m tests.torch_suite.run_suite --backend gloo -k allreduce  # a subset
+    .venv/bin/python -m tests.torch_suite.run_suite --backend gloo -k all_reduce  # a subset
     .venv/bin/python -m tests.torch_suite.run_suite --backend pyc10d --report /tmp/pyc10d.jsonl
     .venv/bin/python -m tests.torch_suite.run_suite --backend pyc10d --ungate  # Gloo/MPI-only tests
 

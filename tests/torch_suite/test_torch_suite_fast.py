@@ -50,7 +50,7 @@ FAST_SUBSET = (
     "test_DistributedDataParallelCPU",
 )
 """Representative tests that run on pyc10d: collectives (the ``full_group`` ones on a
-``new_group``), isend/irecv, barrier, Work futures, DDP. About 90 s on two cores.
+``new_group``), isend/irecv, barrier, Work futures, DDP: 55-100 s on two cores.
 (``distributed_test.py``'s reduce-scatter tests are all CUDA-only, so none is here.)"""
 
 
