@@ -58,16 +58,22 @@ def _first_tensor(values: Any) -> torch.Tensor | None:
     return values if isinstance(values, torch.Tensor) else None
 
 
+def _no_backend(kind: str, detail: str = "") -> RuntimeError:
+    """torch's error for a device the group has no backend for (``detail`` says more)."""
+    return RuntimeError(f"No backend type associated with device type {kind}{detail}")
+
+
 def _require_cpu(op_name: str, tensors: Any) -> None:
     """Refuse a tensor off the CPU, with torch's "No backend type associated" message."""
     first = _first_tensor(tensors)
     if first is not None and not first.is_cpu:
         kind = first.device.type
-        raise RuntimeError(
-            f"No backend type associated with device type {kind}: the pyc10d backend serves "
-            f"CPU tensors (got one on {first.device} in {op_name}). torch cannot attach a "
-            f"second device backend beside a Python backend, so 'cpu:pyc10d,{kind}:...' "
-            f"configs are not supported: make a separate group for {kind} tensors"
+        raise _no_backend(
+            kind,
+            f": the pyc10d backend serves CPU tensors (got one on {first.device} in {op_name}). "
+            "torch cannot attach a second device backend beside a Python backend, so "
+            f"'cpu:pyc10d,{kind}:...' configs are not supported: make a separate group for "
+            f"{kind} tensors",
         )
 
 
@@ -94,16 +100,10 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
 
     # -- identity (the C++ names are what the trampoline calls) --------------------------------
     def getBackendName(self) -> str:
-        """``"pyc10d"``."""
+        """``"pyc10d"`` (also torch's ``name()`` and ``_get_backend_name()``)."""
         return BACKEND_NAME
 
-    def name(self) -> str:
-        """``"pyc10d"`` (torch's ``ProcessGroup.name()``)."""
-        return BACKEND_NAME
-
-    def _get_backend_name(self) -> str:
-        """``"pyc10d"``."""
-        return BACKEND_NAME
+    name = _get_backend_name = getBackendName
 
     def getGroupName(self) -> str:
         """The name torch registered the group under (funcol and DeviceMesh resolve it)."""
@@ -131,11 +131,8 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         """torch's ``ProcessGroup.group_desc``."""
         return self._group_desc
 
-    def _set_group_name(self, name: str) -> None:
-        self._group_name = name
-
-    def _set_group_desc(self, desc: str) -> None:
-        self._group_desc = desc
+    _set_group_name = setGroupName
+    _set_group_desc = setGroupDesc
 
     def get_group_store(self) -> torch_dist.Store:
         """The store torch gave the creator."""
@@ -159,7 +156,7 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         """The group stands for its own CPU backend; other devices fail with torch's message."""
         device = torch.device(device)
         if device.type != "cpu":
-            raise RuntimeError(f"No backend type associated with device type {device.type}")
+            raise _no_backend(device.type)
         return self
 
     def supports_tensor_alloc(self, device: Any) -> bool:
@@ -177,8 +174,7 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         """The default timeout of later operations."""
         self.pg.set_timeout(timeout)
 
-    def _set_default_timeout(self, timeout: timedelta) -> None:
-        self.pg.set_timeout(timeout)
+    _set_default_timeout = set_timeout
 
     def shutdown(self) -> None:
         """Fail pending operations, close connections, join threads (idempotent)."""
