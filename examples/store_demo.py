@@ -1,8 +1,7 @@
-"""Rendezvous N processes through pyc10d and use the shared store (the placeholder main job).
+"""Rendezvous N processes through pyc10d and share a key-value store (a demo of layer 1).
 
 Each process joins through ``tcp://`` (rank 0 hosts the TCPStore), announces itself, waits for
-everyone, then rank 0 measures store round trips and prints what the group agreed on. The
-training example replaces this once DistributedDataParallel lands.
+everyone, then rank 0 measures store round trips and prints what the group agreed on.
 
     python examples/store_demo.py --nproc 3
 """

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from sklearn.datasets import load_digits
@@ -56,16 +57,19 @@ def evaluate(model: nn.Module, val: TensorDataset, rank: int, world: int) -> flo
     return (counts[0] / counts[1]).item()
 
 
-def save_plot(losses: list[float], accuracies: list[float], path: Path) -> None:
+def loss_figure(losses: list[float], accuracies: list[float]) -> Any:
+    """A matplotlib figure of training loss and validation accuracy per (whole) epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, loss_axis = plt.subplots(figsize=(6, 4))
     epochs = range(1, len(losses) + 1)
     loss_axis.plot(epochs, losses, color="tab:blue", label="training loss")
     loss_axis.set_xlabel("epoch")
+    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 2.5
     loss_axis.set_ylabel("training loss", color="tab:blue")
     acc_axis = loss_axis.twinx()
     acc_axis.plot(epochs, accuracies, color="tab:orange", label="validation accuracy")
@@ -73,6 +77,14 @@ def save_plot(losses: list[float], accuracies: list[float], path: Path) -> None:
     acc_axis.set_ylim(0, 1)
     fig.suptitle("digits: pyc10d DistributedDataParallel")
     fig.tight_layout()
+    return fig
+
+
+def save_plot(losses: list[float], accuracies: list[float], path: Path) -> None:
+    """Write :func:`loss_figure` to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(losses, accuracies)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,3 +35,15 @@ def test_train_digits_on_two_processes(tmp_path):
     assert summary["final_accuracy"] > 0.8  # two epochs already learn most digits
     assert (tmp_path / "checkpoint.pt").stat().st_size > 0
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_plot_has_whole_epoch_ticks():
+    """The x axis of the loss plot shows whole epochs only (no 2.5, 7.5)."""
+    spec = importlib.util.spec_from_file_location("train_digits", EXAMPLE)
+    train_digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_digits)
+    for epochs in (2, 5, 20):
+        fig = train_digits.loss_figure([1.0 / e for e in range(1, epochs + 1)], [0.5] * epochs)
+        fig.canvas.draw()
+        ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= epochs]
+        assert ticks and all(float(t).is_integer() for t in ticks), (epochs, ticks)

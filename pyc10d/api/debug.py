@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..core.tensor_bytes import byte_view
+
 __all__ = ["DebugLevel", "get_debug_level", "set_debug_level", "set_debug_level_from_env"]
 
 ENV_VARS = ("PYC10D_DEBUG", "TORCH_DISTRIBUTED_DEBUG")
@@ -238,7 +240,7 @@ def verify_same_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tensor
     payloads = _allgather_bytes(pg, padded)
     me = pg.rank()
     for rank, length in enumerate(lengths):
-        other = json.loads(payloads[rank, :length].numpy().tobytes())
+        other = json.loads(bytes(byte_view(payloads[rank, :length])))
         if other != mine:
             raise RuntimeError(
                 f"Detected mismatch between collectives on ranks. Rank {me} is running "

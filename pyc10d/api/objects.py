@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..core.tensor_bytes import byte_view
 from ..process_group import BroadcastOptions, GatherOptions, ProcessGroup, ScatterOptions
 from .state import (
     get_global_rank,
@@ -45,7 +46,7 @@ def _to_tensor(obj: Any) -> torch.Tensor:
 
 def _to_object(tensor: torch.Tensor, size: int) -> Any:
     """Unpickle the first ``size`` bytes of the 1-D uint8 ``tensor``."""
-    return pickle.loads(tensor[:size].numpy())
+    return pickle.loads(byte_view(tensor[:size]))
 
 
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -25,7 +25,6 @@ from pyc10d.algorithms.ddp_comm_hooks.default_hooks import (
 )
 from pyc10d.algorithms.ddp_comm_hooks.powerSGD_hook import (
     PowerSGDState,
-    _LegacyRandomState,
     batched_powerSGD_hook,
     powerSGD_hook,
 )
@@ -340,11 +339,13 @@ def test_state_arguments_and_pickling(caplog):
 
 
 def test_q_seeds_are_numpys():
-    """The seeds of Q follow numpy's legacy RandomState, as torch's do."""
+    """The seeds of Q follow numpy's legacy RandomState, as torch's do (a wrong seed: numpy's
+    ValueError)."""
     for seed in (0, 3, 2**32 - 1):
-        ours, theirs = _LegacyRandomState(seed), np.random.RandomState(seed)
-        assert [ours.randint(10**9) for _ in range(50)] == [
+        state = PowerSGDState(process_group=None, random_seed=seed)
+        theirs = np.random.RandomState(seed)
+        assert [int(state.rng.randint(10**9)) for _ in range(50)] == [
             int(theirs.randint(10**9)) for _ in range(50)
         ]
     with pytest.raises(ValueError):
-        _LegacyRandomState(-1)
+        PowerSGDState(process_group=None, random_seed=-1)

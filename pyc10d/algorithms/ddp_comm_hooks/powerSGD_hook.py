@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,38 +35,18 @@ logger = logging.getLogger(__name__)
 _SEED_BOUND = 1_000_000_000  # Q's seeds are drawn from [0, _SEED_BOUND), as in torch
 
 
-class _LegacyRandomState:
-    """The integer stream of numpy's legacy ``RandomState(seed).randint(high)``, without numpy.
+def _seed_stream(seed: int) -> Any:
+    """numpy's legacy ``RandomState(seed)``: torch draws the per-step seeds of Q from one.
 
-    torch draws the per-step seed of PowerSGD's random ``Q`` from a numpy ``RandomState``; this
-    is the same Mersenne Twister seeded the same way (``init_genrand``) and the same masked
-    rejection sampling, on the standard library's generator, so a seed gives torch's ``Q``.
+    numpy is needed only here (as in torch's PowerSGD), so it is imported on first use.
     """
-
-    __slots__ = ("_mt",)
-
-    def __init__(self, seed: int) -> None:
-        if not 0 <= seed <= 0xFFFFFFFF:
-            raise ValueError("Seed must be between 0 and 2**32 - 1")
-        key = [seed]
-        for i in range(1, 624):
-            prev = key[-1]
-            key.append((1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF)
-        self._mt = random.Random()
-        self._mt.setstate((3, (*key, 624), None))
-
-    def randint(self, high: int) -> int:
-        """A uniform integer in ``[0, high)``, drawn as numpy's legacy ``randint`` draws it."""
-        bound = high - 1
-        if not 0 <= bound <= 0xFFFFFFFF:
-            raise ValueError(f"high must be in [1, 2**32], got {high}")
-        if bound == 0:
-            return 0
-        mask = (1 << bound.bit_length()) - 1
-        while True:
-            value = self._mt.getrandbits(32) & mask
-            if value <= bound:
-                return value
+    try:
+        import numpy
+    except ImportError as error:
+        raise ImportError(
+            "PowerSGD draws its random seeds with numpy, as torch's does: pip install numpy"
+        ) from error
+    return numpy.random.RandomState(seed)
 
 
 def _orthogonalize(matrices: torch.Tensor, epsilon: float = 0) -> None:
@@ -214,7 +193,7 @@ class PowerSGDState:
         self.orthogonalization_epsilon = orthogonalization_epsilon
         self.batch_tensors_with_same_shape = batch_tensors_with_same_shape
         # Draws one seed per (re)initialization of Q: the same sequence on every rank.
-        self.rng = _LegacyRandomState(random_seed)
+        self.rng = _seed_stream(random_seed)
         self.error_dict: dict[int, torch.Tensor] = {}
         self.p_memory_dict: dict[int, torch.Tensor] = {}
         self.q_memory_dict: dict[int, torch.Tensor] = {}
@@ -330,7 +309,7 @@ def _random_fill(state: PowerSGDState, tensors: list[torch.Tensor]) -> None:
     Each rank draws the same seed, hence the same values; the global RNG is left untouched.
     """
     generator = torch.Generator()
-    generator.manual_seed(state.rng.randint(_SEED_BOUND))
+    generator.manual_seed(int(state.rng.randint(_SEED_BOUND)))
     for tensor in tensors:
         tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
 
