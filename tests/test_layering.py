@@ -30,6 +30,7 @@ LAYERS = {
     "launcher": 6,
     "run": 6,
     "algorithms": 6,
+    "optim": 6,
     "testing": 6,
     "torch_backend": 6,
 }

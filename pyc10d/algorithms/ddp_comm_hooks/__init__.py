@@ -1,8 +1,10 @@
 """DDP communication hooks (torch's ``torch.distributed.algorithms.ddp_comm_hooks``).
 
 ``default_hooks`` (``default``) has the allreduce and fp16/bf16 compression hooks,
-``powerSGD_hook`` (``powerSGD``) the PowerSGD ones. :class:`DDPCommHookType` names them, and
-:func:`register_ddp_comm_hook` registers one on a DDP model through its ``register_comm_hook``.
+``powerSGD_hook`` (``powerSGD``) the PowerSGD ones, ``post_localSGD_hook`` the post-local SGD
+one (imported by name, as in torch). :class:`DDPCommHookType` names the first two kinds (as in
+torch, not post-local SGD), and :func:`register_ddp_comm_hook` registers one on a DDP model
+through its ``register_comm_hook``.
 """
 
 from __future__ import annotations
