@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,13 @@ from ..process_group.options import Options
 from ..rendezvous import rendezvous
 from ..store import PrefixStore, Store
 from .state import PYC10D, Backend, GroupInfo, _world
+
+log = logging.getLogger(__name__)
+
+GLOO_ALIAS_MESSAGE = (
+    "pyc10d: backend 'gloo' is an alias: collectives run on pyc10d's own engine, not torch's "
+    "Gloo; get_backend() reports 'gloo' as requested"
+)
 
 
 def group_options(timeout: Any, pg_options: Any, group_name: str, ranks: list[int]) -> Options:
@@ -37,7 +45,9 @@ def init_process_group(
     """Create the default group (torch.distributed.init_process_group).
 
     Without ``store``, ranks meet through ``init_method`` (default ``env://``). ``backend`` may
-    be None (pyc10d), ``"gloo"`` or ``"cpu:gloo"``; NCCL and MPI raise a ValueError.
+    be None (pyc10d), ``"gloo"`` or ``"cpu:gloo"``; NCCL and MPI raise a ValueError. ``"gloo"``
+    runs pyc10d's own engine, as every backend name does, and is reported by ``get_backend()``
+    as ``"gloo"``; one INFO line on this module's logger says so when the group is created.
     """
     name = Backend(backend) if backend is not None else Backend(PYC10D)
     with _world.lock:
@@ -67,6 +77,8 @@ def init_process_group(
         _world.group_count = 0
         _world.local_group_counts.clear()
         _world.groups[pg] = GroupInfo(str(name), ranks, group_name or "0", store)
+    if name == Backend.GLOO:
+        log.info(GLOO_ALIAS_MESSAGE)
 
 
 def destroy_process_group(group: ProcessGroup | None = None) -> None:

@@ -5,6 +5,15 @@ Schemes: ``tcp://host:port?rank=R&world_size=W`` (rank 0 hosts a TCPStore),
 and ``file:///path?rank=R&world_size=W``. Under torchrun, ``tcp://`` and ``env://`` join the
 store its agent hosts (``TORCHELASTIC_USE_AGENT_STORE=True``), as torch's do.
 Handlers are generators yielding ``(store, rank, world_size)``; more schemes can be registered.
+
+With ``tcp://`` and ``env://`` (outside torchrun) every rank joins the store under its rank and
+world size, and waits until all ranks have (see :mod:`pyc10d.store.tcp.join`). Mistakes fail at
+once instead of hanging: ranks started with different world sizes (the message names both
+values and both ranks; every rank that reached the store fails), or two processes with the same
+rank. While waiting, rank 0 logs a WARNING every 30 s naming the missing ranks, e.g.
+``rank 0 waiting for ranks 1, 2 (1/3 joined) at 127.0.0.1:29500, 30 s of 1800 s``, and a rank
+still trying to connect names the address it tries (``PYC10D_RENDEZVOUS_PROGRESS_S`` sets the
+interval). A timeout says how many of how many ranks joined, and which are missing.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import torch.distributed
 
-from ..core.timeouts import DEFAULT_PG_TIMEOUT, TimeoutLike, to_timedelta
+from ..core.timeouts import DEFAULT_PG_TIMEOUT, TimeoutLike, to_seconds, to_timedelta
 from ..store import FileStore, Store, TCPStore
+from ..store.table import INTERNAL_PREFIX
+from ..store.tcp.join import JoinSpec, join
 from ..store.torch_store import TorchStore
 from .launch_env import (
     LaunchEnvError,
@@ -97,6 +108,8 @@ def _rank_and_size(scheme: str, query: dict[str, str]) -> tuple[int, int]:
     return rank, world_size
 
 
+JOIN_PREFIX = INTERNAL_PREFIX + "rendezvous/"  # the keys of the ranks' join (see _tcp_store)
+
 AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"
 """Set to ``True`` by torchrun, whose agent already hosts a (torch) TCPStore at MASTER_PORT."""
 
@@ -107,17 +120,37 @@ def uses_agent_store() -> bool:
 
 
 def _tcp_store(host: str, port: int, rank: int, world_size: int, timeout: TimeoutLike) -> Store:
-    """Rank 0 hosts the (multi-tenant) server; every rank connects and the master waits for all.
+    """Rank 0 hosts the (multi-tenant) server; every rank connects and joins under its rank.
 
-    Under torchrun (:func:`uses_agent_store`) the agent's torch TCPStore is joined instead, with
-    torch's own client, as ``torch.distributed``'s ``env://`` and ``tcp://`` do.
+    The join (:func:`~pyc10d.store.tcp.join.join`) returns once all ``world_size`` ranks have
+    joined; a world-size mismatch or a rank joined twice raises DistStoreError on every rank
+    that reached the store. Under torchrun (:func:`uses_agent_store`) the agent's torch
+    TCPStore is joined instead, with torch's own client and no join, as ``torch.distributed``'s
+    ``env://`` and ``tcp://`` do (torchrun already agrees on the world size, and its store
+    outlives restarts, whose keys a join would trip over).
     """
     if uses_agent_store():
         client = torch.distributed.TCPStore(
             host, port, world_size, is_master=False, timeout=to_timedelta(timeout)
         )
         return TorchStore(client)
-    return TCPStore(host, port, world_size, rank == 0, timeout, multi_tenant=True)
+    store = TCPStore(
+        host, port, world_size, rank == 0, timeout, wait_for_workers=False, multi_tenant=True
+    )
+    spec = JoinSpec(
+        prefix=JOIN_PREFIX,
+        world_size=world_size,
+        address=f"{host}:{store.port}",
+        timeout_s=to_seconds(timeout),
+        is_master=rank == 0,
+        rank=rank,
+    )
+    try:
+        join(store, spec)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _tcp_handler(

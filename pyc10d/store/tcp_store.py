@@ -3,10 +3,16 @@
 Mirrors ``torch.distributed.TCPStore``: the master (``is_master=True``) starts a server in a
 background thread of its own process (``port=0`` picks a free port, read back from ``.port``);
 every instance, master included, is a client of that server.
+
+Nothing waits silently: a client retrying a port where nobody listens, and a master waiting for
+clients (``world_size`` with ``wait_for_workers``), log a WARNING every 30 s naming the address
+and how many joined (see :mod:`pyc10d.store.tcp.join`; ``PYC10D_RENDEZVOUS_PROGRESS_S`` sets the
+interval). Instances given different ``world_size`` values fail at once, naming both.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -19,11 +25,15 @@ from ..core.timeouts import Deadline, TimeoutLike, format_ms
 from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
 from .table import INTERNAL_PREFIX
 from .tcp.connection import ClientConnection
+from .tcp.join import JoinSpec, join, progress_clock, progress_interval
 from .tcp.protocol import NO_TIMEOUT, Op, Status, encode
 from .tcp.server import StoreServer
 
-WORKERS_KEY = INTERNAL_PREFIX + "tcpstore/num_workers"
-WORKERS_READY_KEY = INTERNAL_PREFIX + "tcpstore/workers_ready"
+log = logging.getLogger(__name__)
+
+JOIN_PREFIX = INTERNAL_PREFIX + "tcpstore/"  # keys of wait_for_workers (see tcp.join)
+WORKERS_KEY = JOIN_PREFIX + "num_workers"
+WORKERS_READY_KEY = JOIN_PREFIX + "workers_ready"
 REPLY_GRACE_S = 10.0  # extra time a client gives the server to answer a server-timed wait
 
 
@@ -79,8 +89,14 @@ class _Resources:
 
 
 def _connect(host: str, port: int, seconds: float) -> socket.socket:
-    """Connect to ``host:port``, retrying refused connections until ``seconds`` pass."""
+    """Connect to ``host:port``, retrying refused connections until ``seconds`` pass.
+
+    Every :func:`progress_interval` seconds of retrying, a WARNING names the address tried.
+    """
     deadline = Deadline(seconds if seconds > 0 else 300.0)
+    interval = progress_interval()
+    started = time.monotonic()
+    next_report = started + interval
     delay = 0.01
     while True:
         try:
@@ -93,6 +109,18 @@ def _connect(host: str, port: int, seconds: float) -> socket.socket:
                     f"TCPStore client timed out after {format_ms(deadline.seconds)} trying to "
                     f"connect to the server at {host}:{port}: {exc}"
                 ) from exc
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + interval
+                log.warning(
+                    "pyc10d: TCPStore client still trying to connect to %s:%d (%s), %s; is the "
+                    "master (rank 0) running, and are MASTER_ADDR/MASTER_PORT the same on every "
+                    "rank?",
+                    host,
+                    port,
+                    exc,
+                    progress_clock(now - started, deadline.seconds),
+                )
             time.sleep(min(delay, deadline.remaining()))
             delay = min(delay * 2, 0.5)
 
@@ -158,20 +186,21 @@ class TCPStore(Store):
         self.close()
 
     def _join(self, is_master: bool) -> None:
-        """Count this instance in; the master waits until ``world_size`` have joined."""
+        """Count this instance in; the master waits until ``world_size`` have joined.
+
+        Every instance publishes its ``world_size``: one that differs from the first's fails at
+        once (and so does the master, if still waiting), with both values in the message.
+        """
         assert self.world_size is not None
-        if self.add(WORKERS_KEY, 1) == self.world_size:
-            self.set(WORKERS_READY_KEY, b"1")
-        if not is_master:
-            return
-        try:
-            self.wait([WORKERS_READY_KEY])
-        except DistStoreError:
-            joined = int(self.get_nowait(WORKERS_KEY) or b"0")
-            raise DistStoreError(
-                f"TCPStore master timed out after {format_ms(self.timeout.total_seconds())} "
-                f"waiting for clients: {joined}/{self.world_size} clients joined"
-            ) from None
+        spec = JoinSpec(
+            prefix=JOIN_PREFIX,
+            world_size=self.world_size,
+            address=f"{self.host}:{self.port}",
+            timeout_s=self.timeout.total_seconds(),
+            is_master=is_master,
+            wait=is_master,
+        )
+        join(self, spec)
 
     # -- transport ----------------------------------------------------------------------------
     def _io_timeout(self, wait_s: float | None) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -73,6 +74,70 @@ def test_wait_for_workers_times_out_naming_the_count():
     with pytest.raises(DistStoreError, match=r"timed out.*1/2 clients joined"):
         TCPStore("127.0.0.1", 0, world_size=2, is_master=True, timeout=timedelta(seconds=0.5))
     assert time.monotonic() - start < 5
+
+
+def test_clients_with_different_world_sizes_fail_at_once():
+    """Every instance publishes its world_size; one that differs fails at once, naming both."""
+    master = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=30)
+    first = TCPStore("127.0.0.1", master.port, world_size=2, timeout=30)
+    start = time.monotonic()
+    with pytest.raises(
+        DistStoreError,
+        match=r"world size mismatch in the TCPStore at 127\.0\.0\.1:\d+: a client has "
+        r"world_size=3 but a client has world_size=2",
+    ):
+        TCPStore("127.0.0.1", master.port, world_size=3, timeout=30)
+    assert time.monotonic() - start < 5
+    first.close()
+    master.close()
+
+
+class _Progress(logging.Handler):
+    """Keeps the messages of a logger; ``seen`` is set by the first one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.seen.set()
+
+
+def test_waiting_master_logs_progress_and_fails_on_a_mismatch(monkeypatch):
+    """The master logs how many joined while it waits; a client with another world_size fails,
+    and so does the master, at once (not after its 60 s timeout, nor with "2/2 joined")."""
+    monkeypatch.setenv("PYC10D_RENDEZVOUS_PROGRESS_S", "0.1")
+    port = free_port()
+    progress = _Progress()
+    logger = logging.getLogger("pyc10d.store.tcp.join")
+    logger.addHandler(progress)
+    outcome = {}
+
+    def master():
+        try:
+            TCPStore("127.0.0.1", port, world_size=2, is_master=True, timeout=60)
+        except DistStoreError as exc:
+            outcome["master"] = exc
+
+    thread = threading.Thread(target=master, daemon=True)
+    try:
+        thread.start()
+        assert progress.seen.wait(30)  # the master has joined and waits
+        start = time.monotonic()
+        with pytest.raises(DistStoreError) as info:
+            TCPStore("127.0.0.1", port, world_size=3, timeout=60)
+        thread.join(30)
+        assert time.monotonic() - start < 10
+    finally:
+        logger.removeHandler(progress)
+    expected = "a client has world_size=3 but the master has world_size=2"
+    assert expected in str(info.value)
+    assert expected in str(outcome["master"])
+    assert progress.messages[0].startswith(
+        f"pyc10d: TCPStore master waiting for clients (1/2 joined) at 127.0.0.1:{port}, "
+    )
 
 
 def test_connecting_to_no_server_times_out_naming_it():
