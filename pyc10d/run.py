@@ -6,6 +6,8 @@ TORCHELASTIC_RESTART_COUNT set, so that ``init_process_group()`` (``env://``) ju
 
     pyc10d-run --nproc-per-node 4 train.py --lr 0.1
     pyc10d-run --nnodes 2 --node-rank 0 --master-addr node0 --master-port 29500 -m trainer
+    pyc10d-run --nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29400 train.py  # any node
+    pyc10d-run --nproc-per-node 4 --log-dir logs --redirects 3 train.py  # per-rank log files
 
 When a worker fails the others are stopped (SIGTERM, then SIGKILL) and a report names the rank,
 its exit code or signal and the tail of its stderr. See ``pyc10d-run --help`` for every flag.

@@ -2,9 +2,10 @@
 
 Modules: :mod:`.cli` (flags, ``main``), :mod:`.config` (what to launch, each worker's
 environment), :mod:`.supervisor` (start, watch, restart and stop the worker group),
+:mod:`.nodes` (this node's rank and the master: static or c10d rendezvous between launchers),
 :mod:`.worker` (one worker process), :mod:`.output` (streaming worker output, stderr tails),
-:mod:`.report` (failure reports) and :mod:`.env` (rank, world size and master from torchrun,
-SLURM and MPI variables, used by ``env://`` rendezvous).
+:mod:`.logs` (per-rank log files), :mod:`.report` (failure reports); and, re-exported here,
+rank, world size and master from torchrun, SLURM and MPI variables (``env://`` rendezvous).
 """
 
 from ..rendezvous.launch_env import (

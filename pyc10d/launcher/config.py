@@ -7,7 +7,31 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .logs import LogSpec
+
 DEFAULT_MASTER_PORT = 29500  # torchrun's, for multi-node runs given no --master-port
+DEFAULT_C10D_PORT = 29400  # torch's c10d rendezvous port, for an --rdzv-endpoint without one
+DEFAULT_JOIN_TIMEOUT = 600.0  # torch's rendezvous join_timeout
+DEFAULT_LAST_CALL_TIMEOUT = 30.0  # torch's last_call_timeout (--nnodes MIN:MAX)
+
+
+@dataclass(frozen=True)
+class RdzvSettings:
+    """``--rdzv-backend c10d``: the launchers' store at ``host:port`` and how long to wait.
+
+    ``is_host`` (``--rdzv-conf is_host=...``): whether this launcher serves the store; None to
+    serve it when ``host`` names this machine and the port is still free (torch's rule).
+    ``join_timeout`` bounds each rendezvous; ``last_call_timeout`` is how long a round waits for
+    more nodes once ``min_nodes`` have joined (``--nnodes MIN:MAX``).
+    """
+
+    host: str
+    port: int
+    min_nodes: int
+    max_nodes: int
+    join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    last_call_timeout: float = DEFAULT_LAST_CALL_TIMEOUT
+    is_host: bool | None = None
 
 
 @dataclass
@@ -16,7 +40,10 @@ class LaunchConfig:
 
     ``master_port=None`` picks a free port for each attempt (single node only).
     ``timeout`` (seconds, None: none) bounds the whole run; ``local_ranks_filter`` (None: all)
-    selects the local ranks whose output is shown.
+    selects the local ranks whose output is shown; ``logs`` (None: none) the per-rank log files.
+    ``rdzv`` (None: static, ``node_rank`` fixed) makes the nodes agree on their ranks through a
+    store; once they have, ``rank_offset`` and ``total_workers`` say where this node's workers
+    are (None: ``node_rank * nproc_per_node`` and ``nnodes * nproc_per_node``).
     """
 
     command: list[str]
@@ -35,14 +62,23 @@ class LaunchConfig:
     role: str = "default"
     run_id: str = "none"
     extra_env: dict[str, str] = field(default_factory=dict)
+    logs: LogSpec | None = None
+    rdzv: RdzvSettings | None = None
+    local_addr: str | None = None
+    rank_offset: int | None = None
+    total_workers: int | None = None
 
     @property
     def world_size(self) -> int:
-        """Workers over all nodes: ``nnodes * nproc_per_node``."""
+        """Workers over all nodes (``nnodes * nproc_per_node`` unless the nodes told otherwise)."""
+        if self.total_workers is not None:
+            return self.total_workers
         return self.nnodes * self.nproc_per_node
 
     def global_rank(self, local_rank: int) -> int:
         """The global rank of this node's worker ``local_rank`` (nodes hold contiguous ranks)."""
+        if self.rank_offset is not None:
+            return self.rank_offset + local_rank
         return self.node_rank * self.nproc_per_node + local_rank
 
     def shows_output(self, local_rank: int) -> bool:
@@ -57,7 +93,10 @@ def worker_env(
     master_port: int,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of worker ``local_rank``: ``base`` (os.environ) plus torchrun's variables."""
+    """The environment of worker ``local_rank``: ``base`` (os.environ) plus torchrun's variables.
+
+    ``config`` is the attempt's (its node rank and master settled by the rendezvous).
+    """
     env = dict(os.environ if base is None else base)
     env.update(config.extra_env)
     rank = config.global_rank(local_rank)

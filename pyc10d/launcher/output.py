@@ -58,7 +58,11 @@ STDERR = Console("stderr")
 
 
 class StreamPump(threading.Thread):
-    """Copy a worker's pipe to ``console`` (optionally prefixing lines) and keep its last lines."""
+    """Copy a worker's pipe to ``console`` (optionally prefixing lines) and keep its last lines.
+
+    With a ``log`` file (opened binary; the pump closes it at the end) it copies the bytes
+    there too, as they come and without the prefix (``--tee``; ``--redirects`` with no console).
+    """
 
     def __init__(
         self,
@@ -67,10 +71,12 @@ class StreamPump(threading.Thread):
         prefix: bytes = b"",
         tail_lines: int = TAIL_LINES,
         name: str = "pyc10d-run-pump",
+        log: IO[bytes] | None = None,
     ):
         super().__init__(name=name, daemon=True)
         self._fd = pipe.fileno()
         self._pipe = pipe
+        self._log = log
         self._console = console
         self._prefix = prefix
         self._tail: deque[bytes] = deque(maxlen=tail_lines)
@@ -93,12 +99,28 @@ class StreamPump(threading.Thread):
                 self._feed(chunk)
         finally:
             self._finish()
+            for stream in (self._pipe, self._log):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
+
+    def _write_log(self, chunk: bytes) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.write(chunk)
+            self._log.flush()  # so that ``tail -f`` follows it
+        except (OSError, ValueError):  # a full disk must not stop the console output
+            log, self._log = self._log, None
             try:
-                self._pipe.close()
+                log.close()
             except OSError:
                 pass
 
     def _feed(self, chunk: bytes) -> None:
+        self._write_log(chunk)
         if self._console is not None and not self._prefix:
             # whole lines only (up to the last newline or carriage return), so that two workers'
             # lines never interleave mid-line: an unbuffered print writes text and "\n" apart

@@ -1,5 +1,8 @@
 """Run one node's worker group: start, watch, restart on failure, stop, report (torchrun's agent).
 
+Each attempt first finds this node's place in the job (:mod:`.nodes`: static or c10d
+rendezvous), then starts the workers (with their log files, :mod:`.logs`) and watches them.
+
 Exit codes of :func:`run`: 0 when every worker exits 0; 1 when a worker fails and no restart is
 left (torchrun: 1 too, from its uncaught ``ChildFailedError``); 124 when ``--timeout`` passes
 (as ``timeout(1)``); ``128 + signum`` when the launcher is stopped by a signal.
@@ -14,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .config import LaunchConfig, pick_free_port, worker_env
+from .config import LaunchConfig, worker_env
+from .logs import LogFiles, RankLogs
+from .nodes import C10dNodes, Interrupted, PeerEnd, RendezvousError, StaticNodes, make_nodes
 from .output import STDERR
 from .report import failure_report
 from .worker import Worker, describe_exit, signal_name
@@ -24,6 +29,8 @@ EXIT_TIMEOUT = 124
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")  # torchrun's default set
 KILL_WAIT_SECONDS = 5.0
 STOP_POLL_SECONDS = 0.02
+
+Nodes = StaticNodes | C10dNodes
 
 
 def _say(text: str) -> None:
@@ -57,21 +64,31 @@ class SignalRecorder:
 
 @dataclass
 class Outcome:
-    """How an attempt ended: ``ok``, ``failed`` (``failures``), ``timeout`` or ``signal``."""
+    """How an attempt ended: ``ok``, ``failed`` (``failures``), ``timeout``, ``signal`` or
+    ``peer`` (another node ended the round: ``peer``)."""
 
     kind: str
     failures: list[Worker] = field(default_factory=list)
     running: list[Worker] = field(default_factory=list)
     signum: int = 0
+    peer: PeerEnd | None = None
 
 
-def start_group(config: LaunchConfig, restart_count: int, master_port: int) -> list[Worker]:
+def start_group(
+    config: LaunchConfig,
+    restart_count: int,
+    master_port: int,
+    logs: dict[int, RankLogs] | None = None,
+) -> list[Worker]:
     """Start this node's ``nproc_per_node`` workers; on a start error, stop those started."""
     workers: list[Worker] = []
     try:
         for local_rank in range(config.nproc_per_node):
             env = worker_env(config, local_rank, restart_count, master_port)
-            workers.append(Worker(config, local_rank, config.command, env))
+            rank_logs = None if logs is None else logs[local_rank]
+            if rank_logs is not None:
+                env["TORCHELASTIC_ERROR_FILE"] = str(rank_logs.error_file)
+            workers.append(Worker(config, local_rank, config.command, env, rank_logs))
     except BaseException:
         stop_group(workers, signal.SIGKILL, 0.0, SignalRecorder())
         raise
@@ -79,9 +96,14 @@ def start_group(config: LaunchConfig, restart_count: int, master_port: int) -> l
 
 
 def watch_group(
-    config: LaunchConfig, workers: list[Worker], deadline: float | None, signals: SignalRecorder
+    config: LaunchConfig,
+    workers: list[Worker],
+    deadline: float | None,
+    signals: SignalRecorder,
+    nodes: Nodes | None = None,
 ) -> Outcome:
-    """Poll every ``monitor_interval`` until all succeed, one fails, time runs out or a signal."""
+    """Poll every ``monitor_interval`` until all succeed, one fails, time runs out, a signal
+    comes or another node ends the round."""
     while True:
         if signals.received:
             return Outcome("signal", signum=signals.received[0])
@@ -94,6 +116,9 @@ def watch_group(
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return Outcome("timeout", running=[w for w in workers if w.running])
+        peer = None if nodes is None else nodes.peer_ended()
+        if peer is not None:
+            return Outcome("peer", peer=peer)
         wait = (
             config.monitor_interval
             if deadline is None
@@ -147,52 +172,142 @@ def _omp_notice(config: LaunchConfig) -> None:
         )
 
 
+class _Launch:
+    """One run of the launcher: the attempts, each a rendezvous and a worker group."""
+
+    def __init__(self, config: LaunchConfig, signals: SignalRecorder):
+        self.config = config
+        self.signals = signals
+        self.deadline = None if config.timeout is None else time.monotonic() + config.timeout
+        self.nodes = make_nodes(config)
+        self.logs = None if config.logs is None else LogFiles(config.logs, config.run_id)
+
+    def stop(self) -> bool:
+        """Whether to stop waiting (for other nodes): a signal came or --timeout passed."""
+        deadline = self.deadline
+        return bool(self.signals.received) or (
+            deadline is not None and time.monotonic() >= deadline
+        )
+
+    def run(self) -> int:
+        """Run the attempts; the exit code (see the module)."""
+        try:
+            return self._attempts()
+        except RendezvousError as exc:
+            _say(f"rendezvous failed: {exc}")
+            return EXIT_FAILURE
+        except Interrupted as exc:
+            if self.signals.received:
+                signum = self.signals.received[0]
+                _say(f"received {signal_name(signum)} during the rendezvous ({exc})")
+                return 128 + signum
+            _say(f"timed out after {self.config.timeout:g} s (--timeout) during the rendezvous")
+            return EXIT_TIMEOUT
+        finally:
+            self.nodes.close(self.stop)
+
+    def _attempts(self) -> int:
+        config = self.config
+        for attempt in range(config.max_restarts + 1):
+            if self.signals.received:  # stopped while the previous attempt was shutting down
+                return 128 + self.signals.received[0]
+            code = self._attempt(attempt)
+            if code is not None:
+                return code
+            _say(
+                f"worker group failed; restarting it (restart {attempt + 1} of "
+                f"{config.max_restarts})"
+            )
+        return EXIT_FAILURE  # not reached: the last attempt returns
+
+    def _rank_logs(self, attempt: int) -> dict[int, RankLogs] | None:
+        if self.logs is None:
+            return None
+        first = self.logs.run_dir is None
+        found = self.logs.attempt(attempt, self.config.nproc_per_node)
+        if first:
+            _say(f"worker logs in {self.logs.run_dir}")
+        return found
+
+    def _attempt(self, attempt: int) -> int | None:
+        """Run attempt ``attempt``; its exit code, or None to restart."""
+        placement = self.nodes.join(attempt, self.stop)
+        config = placement.apply(self.config)
+        if self.config.rdzv is not None:
+            first, last = placement.rank_offset, placement.rank_offset + config.nproc_per_node - 1
+            _say(
+                f"node rank {placement.node_rank} of {placement.nnodes}: ranks {first}..{last} "
+                f"of {placement.world_size}; master {placement.master_addr}:{placement.master_port}"
+            )
+        try:
+            workers = start_group(config, attempt, placement.master_port, self._rank_logs(attempt))
+        except OSError as exc:
+            self.nodes.end("failed")
+            _say(f"could not start the workers: {exc}")
+            return EXIT_FAILURE
+        outcome = watch_group(config, workers, self.deadline, self.signals, self.nodes)
+        settle = getattr(self, f"_settle_{outcome.kind}")
+        return settle(attempt, workers, outcome)
+
+    def _stop(self, workers: list[Worker], signum: int = signal.SIGTERM) -> None:
+        stop_group(workers, signum, self.config.shutdown_timeout, self.signals)
+
+    def _settle_ok(self, attempt: int, workers: list[Worker], outcome: Outcome) -> int | None:
+        self.nodes.end("ok")
+        self._stop(workers)
+        return 0
+
+    def _settle_signal(self, attempt: int, workers: list[Worker], outcome: Outcome) -> int | None:
+        self.nodes.end("stopped")
+        running = [w for w in workers if w.running]
+        name = signal_name(outcome.signum)
+        _say(f"received {name}; forwarding it to {len(running)} running worker(s)")
+        self._stop(workers, outcome.signum)
+        return 128 + outcome.signum
+
+    def _settle_timeout(self, attempt: int, workers: list[Worker], outcome: Outcome) -> int | None:
+        self.nodes.end("stopped")
+        _say(
+            f"timed out after {self.config.timeout:g} s (--timeout): ranks "
+            f"{_ranks(outcome.running)} still running; killing all workers"
+        )
+        self._stop(workers)
+        return EXIT_TIMEOUT
+
+    def _settle_failed(self, attempt: int, workers: list[Worker], outcome: Outcome) -> int | None:
+        self.nodes.end("failed")  # first, so that the other nodes stop theirs now
+        others = sum(1 for w in workers if w.running)
+        for worker in outcome.failures:
+            _say(
+                f"rank {worker.rank} (local_rank {worker.local_rank}) "
+                f"{describe_exit(worker.exitcode or 0)}; stopping {others} other worker(s)"
+            )
+        self._stop(workers)
+        if self._may_restart(attempt):
+            return None
+        STDERR.print(failure_report(self.config.entrypoint, outcome.failures))
+        return EXIT_FAILURE
+
+    def _settle_peer(self, attempt: int, workers: list[Worker], outcome: Outcome) -> int | None:
+        assert outcome.peer is not None
+        running = sum(1 for w in workers if w.running)
+        _say(f"{outcome.peer.describe()}; stopping this node's {running} running worker(s)")
+        self._stop(workers)
+        if outcome.peer.kind == "failed" and self._may_restart(attempt):
+            return None
+        return EXIT_FAILURE
+
+    def _may_restart(self, attempt: int) -> bool:
+        if attempt >= self.config.max_restarts:
+            return False
+        if self.nodes.can_restart():
+            return True
+        _say("not restarting: another node's workers already finished")
+        return False
+
+
 def run(config: LaunchConfig) -> int:
     """Run the worker group to completion, restarting it up to ``max_restarts`` times."""
     _omp_notice(config)
-    deadline = None if config.timeout is None else time.monotonic() + config.timeout
     with SignalRecorder().installed() as signals:
-        for attempt in range(config.max_restarts + 1):
-            if signals.received:  # stopped while the previous attempt was shutting down
-                return 128 + signals.received[0]
-            port = config.master_port
-            if port is None:
-                port = pick_free_port(config.master_addr)
-            try:
-                workers = start_group(config, attempt, port)
-            except OSError as exc:
-                _say(f"could not start the workers: {exc}")
-                return EXIT_FAILURE
-            outcome = watch_group(config, workers, deadline, signals)
-            if outcome.kind == "ok":
-                stop_group(workers, signal.SIGTERM, config.shutdown_timeout, signals)
-                return 0
-            if outcome.kind == "signal":
-                name = signal_name(outcome.signum)
-                running = [w for w in workers if w.running]
-                _say(f"received {name}; forwarding it to {len(running)} running worker(s)")
-                stop_group(workers, outcome.signum, config.shutdown_timeout, signals)
-                return 128 + outcome.signum
-            if outcome.kind == "timeout":
-                _say(
-                    f"timed out after {config.timeout:g} s (--timeout): ranks "
-                    f"{_ranks(outcome.running)} still running; killing all workers"
-                )
-                stop_group(workers, signal.SIGTERM, config.shutdown_timeout, signals)
-                return EXIT_TIMEOUT
-            others = sum(1 for w in workers if w.running)
-            for worker in outcome.failures:
-                _say(
-                    f"rank {worker.rank} (local_rank {worker.local_rank}) "
-                    f"{describe_exit(worker.exitcode or 0)}; stopping {others} other worker(s)"
-                )
-            stop_group(workers, signal.SIGTERM, config.shutdown_timeout, signals)
-            if attempt < config.max_restarts:
-                _say(
-                    f"worker group failed; restarting it (restart {attempt + 1} of "
-                    f"{config.max_restarts})"
-                )
-                continue
-            STDERR.print(failure_report(config.entrypoint, outcome.failures))
-            return EXIT_FAILURE
-    return EXIT_FAILURE  # not reached: the last attempt returns
+        return _Launch(config, signals).run()

@@ -176,7 +176,7 @@ def test_bad_flags_exit_2(capsys):
         with pytest.raises(SystemExit) as exc:
             parse_config(argv)
         assert exc.value.code == 2, argv
-    assert "elastic node ranges are not supported" in capsys.readouterr().err
+    assert "node ranges (MIN:MAX) need --rdzv-backend c10d" in capsys.readouterr().err
 
 
 def test_traceback_tail_starts_at_the_traceback():

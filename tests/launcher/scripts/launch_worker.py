@@ -41,6 +41,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--fail-first-attempt-rank", type=int, help="exit 3 on attempt 0")
     parser.add_argument("--hang", action="store_true", help="ranks > 0 sleep, ignoring SIGTERM")
     parser.add_argument("--sleep", type=float, default=0.0, help="then sleep this long")
+    parser.add_argument("--sleep-first-attempt", type=float, default=0.0, help="on attempt 0")
     parser.add_argument("--say", default="", help="print this, with the rank, to stdout")
     parser.add_argument("extra", nargs="*")
     return parser.parse_args()
@@ -82,6 +83,8 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(60)
     time.sleep(args.sleep)
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        time.sleep(args.sleep_first_attempt)
 
 
 if __name__ == "__main__":
