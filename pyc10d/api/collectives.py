@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..core.reduce_op import ReduceOp, ReduceOpLike, supports_complex
+from ..core.reduce_op import ReduceOp, ReduceOpLike, make_premul_sum, supports_complex
 from ..process_group import ProcessGroup, Work
 from ..process_group.options import (
     AllgatherOptions,
@@ -28,11 +28,13 @@ from ..process_group.options import (
     ReduceScatterOptions,
     ScatterOptions,
 )
+from ..process_group.validation import check_contiguous_input
 from . import debug
 from .state import group_rank_of, resolve, warn_not_in_group
 
 __all__ = [
     "_all_gather_base",
+    "_make_nccl_premul_sum",
     "_reduce_scatter_base",
     "all_gather",
     "all_gather_coalesced",
@@ -52,6 +54,15 @@ __all__ = [
     "scatter",
     "supports_complex",
 ]
+
+
+def _make_nccl_premul_sum(factor: float | torch.Tensor) -> ReduceOp:
+    """A ``PREMUL_SUM`` :class:`ReduceOp` scaling inputs by ``factor`` before summing (torch's
+    ``torch.distributed._make_nccl_premul_sum``; pyc10d runs it on CPU, not only under NCCL).
+
+    ``factor`` is a number or a one-element tensor; the op passes ``isinstance(op, ReduceOp)``.
+    """
+    return make_premul_sum(factor)
 
 
 # -- argument checks (torch's front-end checks, with its wording) -----------------------------
@@ -322,7 +333,7 @@ def all_gather_single(
     opts = AllgatherOptions()
     opts.asyncOp = async_op
     debug.check_before_collective(pg, "all_gather_single", [input_tensor])
-    work = pg._allgather_base(_real(output_tensor), _real(input_tensor), opts)
+    work = pg.all_gather_single(_real(output_tensor), _real(input_tensor), opts)
     return _finish(work, async_op)
 
 
@@ -483,7 +494,7 @@ def reduce_scatter_single(
     opts.reduceOp = op
     opts.asyncOp = async_op
     debug.check_before_collective(pg, "reduce_scatter_single", [output])
-    return _finish(pg._reduce_scatter_base(output, input, opts), async_op)
+    return _finish(pg.reduce_scatter_single(output, input, opts), async_op)
 
 
 def reduce_scatter_tensor(
@@ -522,6 +533,8 @@ def all_to_all_single(
     """Split ``input`` along dim 0, send part ``r`` to group rank ``r``, concatenate what arrives.
 
     Without split sizes dim 0 is split evenly; with them, parts may be uneven (torch's rules).
+    A non-contiguous ``input`` raises torch's ValueError "Tensors must be contiguous" on this
+    rank before anything is sent (``output`` may be non-contiguous).
     """
     pg = resolve(group)
     if pg is None:
@@ -534,8 +547,9 @@ def all_to_all_single(
     opts.asyncOp = async_op
     out_splits = [] if output_split_sizes is None else list(output_split_sizes)
     in_splits = [] if input_split_sizes is None else list(input_split_sizes)
+    check_contiguous_input(input)  # before DETAIL mode's exchange, so no rank is left in it
     debug.check_before_collective(pg, "all_to_all_single", [])
-    work = pg.alltoall_base(_real(output), _real(input), out_splits, in_splits, opts)
+    work = pg.all_to_all_single(_real(output), _real(input), out_splits, in_splits, opts)
     return _finish(work, async_op)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections import namedtuple
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..process_group import ProcessGroup
+from ..process_group.process_group import BackendType
 from ..store import Store
 
 PYC10D = "pyc10d"
@@ -16,24 +19,64 @@ _ALIASES = {"gloo": "gloo", "cpu:gloo": "gloo", PYC10D: PYC10D, "cpu:pyc10d": PY
 _NOT_PROVIDED = ("nccl", "mpi", "ucc", "xccl", "hccl", "cuda:nccl")
 
 
+_BackendPlugin = namedtuple("_BackendPlugin", ["creator_fn", "extended_api"])
+
+
 class Backend(str):
     """A backend name, lower-cased (``Backend("GLOO") == "gloo"``), like torch's ``Backend``.
 
     pyc10d runs everything on its own CPU engine; ``"gloo"`` and ``"cpu:gloo"`` name it too, so
     unmodified torch scripts run. NCCL, MPI and the other device backends are not provided.
+    The registry torch keeps on this class is here too: ``backend_list``,
+    ``default_device_backend_map``, ``backend_capability``, ``backend_type_map``, ``_plugins``
+    and :meth:`register_backend`; a registered name is accepted by ``Backend(name)``.
     """
 
     UNDEFINED = "undefined"
     GLOO = "gloo"
     PYC10D = PYC10D
     NCCL = "nccl"
-    MPI = "mpi"
+    XCCL = "xccl"
     UCC = "ucc"
+    MPI = "mpi"
+
+    _BackendPlugin = _BackendPlugin
+    _plugins: dict[str, _BackendPlugin] = {}
+
+    backend_list: list[str] = [UNDEFINED, GLOO, NCCL, XCCL, UCC, MPI, PYC10D]
+
+    default_device_backend_map: dict[str, str] = {
+        "cpu": GLOO,
+        "cuda": NCCL,
+        "xpu": XCCL,
+        "mps": GLOO,
+    }
+
+    backend_capability: dict[str, list[str]] = {
+        GLOO: ["cpu", "cuda"],
+        NCCL: ["cuda"],
+        XCCL: ["xpu"],
+        UCC: ["cpu", "cuda"],
+        MPI: ["cpu", "cuda"],
+        PYC10D: ["cpu", "cuda"],
+    }
+
+    backend_type_map: dict[str, BackendType] = {
+        UNDEFINED: BackendType.UNDEFINED,
+        GLOO: BackendType.GLOO,
+        NCCL: BackendType.NCCL,
+        XCCL: BackendType.XCCL,
+        UCC: BackendType.UCC,
+        MPI: BackendType.MPI,
+        PYC10D: BackendType.CUSTOM,
+    }
 
     def __new__(cls, name: str) -> Backend:
         if not isinstance(name, str):
             raise ValueError(f"Backend name must be a string, but got: {name!r}")
         value = name.lower()
+        if value.upper() in Backend._plugins:
+            return super().__new__(cls, value)
         if value in _NOT_PROVIDED:
             raise ValueError(
                 f"pyc10d does not provide the {value!r} backend: it runs collectives on CPU "
@@ -42,6 +85,42 @@ class Backend(str):
         if value not in _ALIASES:
             raise ValueError(f"Invalid backend: {name!r} (pyc10d accepts 'gloo' or 'pyc10d')")
         return super().__new__(cls, _ALIASES[value])
+
+    @classmethod
+    def register_backend(
+        cls,
+        name: str,
+        func: Callable[..., Any],
+        extended_api: bool = False,
+        devices: str | list[str] | None = None,
+    ) -> None:
+        """Record a third-party backend as torch's ``Backend.register_backend`` does.
+
+        Adds ``Backend.<NAME>``, the name to ``backend_list``, each of ``devices`` without a
+        default backend to ``default_device_backend_map``, the devices to
+        ``backend_capability`` (torch's warning and ``cpu``/``cuda`` when None), ``CUSTOM`` to
+        ``backend_type_map``, and ``(func, extended_api)`` to ``_plugins[NAME]``.
+        """
+        lower, upper = name.lower(), name.upper()
+        if not hasattr(Backend, upper):
+            setattr(Backend, upper, lower)
+        if lower not in Backend.backend_list:
+            Backend.backend_list.append(lower)
+        device_list = [devices] if isinstance(devices, str) else devices
+        for device in device_list or []:
+            current = Backend.default_device_backend_map.get(device)
+            if current is None or (current == "fake" and lower != "fake"):
+                Backend.default_device_backend_map[device] = lower
+        Backend.backend_type_map[lower] = BackendType.CUSTOM
+        if device_list is None:
+            warnings.warn(
+                f"Device capability of {name} unspecified, assuming `cpu` and `cuda` or `xpu`. "
+                "Please specify it via the `devices` argument of `register_backend`.",
+                stacklevel=2,
+            )
+            device_list = ["cpu", "cuda"]
+        Backend.backend_capability[lower] = list(device_list)
+        Backend._plugins[upper] = _BackendPlugin(func, extended_api)
 
 
 @dataclass
@@ -134,14 +213,23 @@ def _rank_not_in_group(group: Any) -> bool:
 
 
 def resolve(group: Any) -> ProcessGroup | None:
-    """The ProcessGroup for ``group`` (None: the default); None when this rank isn't a member."""
+    """The ProcessGroup for ``group`` (None: the default); None when this rank isn't a member.
+
+    As in torch, a group made with the constructor (``ProcessGroup(store, rank, size)``, or a
+    Python backend built on ``ProcessGroup(rank, size)``) is used as it is, though the API never
+    registered it: collectives that need no global rank run on it (``src``/``dst`` need
+    :func:`get_group_rank`, which refuses it as torch does). A group that
+    ``destroy_process_group`` shut down gets torch's "is not registered" ValueError.
+    """
     if group is None:
         return default_group()
     if is_non_member(group):
         return None
-    if group not in _world.groups:
-        raise ValueError(_not_registered(group))
-    return group
+    if group in _world.groups:
+        return group
+    if isinstance(group, ProcessGroup) and not group._is_shut_down():
+        return group
+    raise ValueError(_not_registered(group))
 
 
 def _not_registered(group: Any) -> str:
@@ -171,26 +259,42 @@ def warn_not_in_group(op_name: str) -> None:
 
 
 def get_rank(group: Any = None) -> int:
-    """This process's rank in ``group`` (default: the global rank); -1 outside the group."""
+    """This process's rank in ``group`` (default: the global rank); -1 outside the group.
+
+    As torch's: the global rank translated by :func:`get_group_rank`, so a group the API did
+    not create raises its "is not registered" ValueError.
+    """
     if is_non_member(group):
         return -1
-    pg = resolve(group)
-    return -1 if pg is None else pg.rank()
+    default = default_group()
+    if group is None or group is default:
+        return default.rank()
+    return get_group_rank(group, default.rank())
 
 
 def get_world_size(group: Any = None) -> int:
-    """Number of ranks in ``group`` (default: all); -1 outside the group."""
+    """Number of ranks in ``group`` (default: all); -1 outside the group.
+
+    As in torch, ``group.size()``, for a group made with the constructor too.
+    """
     if is_non_member(group):
         return -1
-    pg = resolve(group)
-    return -1 if pg is None else pg.size()
+    return default_group().size() if group is None else group.size()
 
 
 def get_backend(group: Any = None) -> Backend:
-    """The backend name of ``group``; ValueError outside the group, as in torch."""
+    """The backend name of ``group``; ValueError outside the group, as in torch, and torch's
+    "is not initialized in the world group map" for a group the API did not create."""
     if is_non_member(group):
         raise ValueError("Invalid process group specified")
-    return Backend(info(group).backend)
+    pg = default_group() if group is None else group
+    registered = _world.groups.get(pg) if isinstance(pg, ProcessGroup) else None
+    if registered is None:
+        raise ValueError(
+            f"Process group {pg} is not initialized in the world group map. "
+            "Please initialize the group first."
+        )
+    return Backend(registered.backend)
 
 
 def get_group_rank(group: Any, global_rank: int) -> int:

@@ -49,6 +49,30 @@ class RedOpType(enum.IntEnum):
         """Formats like ``str(op)`` (``IntEnum`` would format the number)."""
         return format(str(self), spec)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to the same member or its number; never to an op object (torch 2.13's
+        ``RedOpType.__eq__``: ``ReduceOp.SUM == ReduceOp(ReduceOp.SUM)`` is False, while the
+        op object's own ``__eq__`` says True)."""
+        if type.__instancecheck__(ReduceOp, other):
+            return False
+        return int.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        """The negation of :meth:`__eq__` (``NotImplemented`` passed through)."""
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = int.__hash__  # ``hash(ReduceOp.SUM) == 0``, as in torch
+
+    def __call__(self, factor: float | torch.Tensor) -> ReduceOp:
+        """``ReduceOp.PREMUL_SUM(factor)``: a ``PREMUL_SUM`` op object, as torch's members make.
+
+        Other members raise torch's RuntimeError.
+        """
+        if self is not RedOpType.PREMUL_SUM:
+            raise RuntimeError(f"Only PREMUL_SUM supports calling with a factor, got {self}")
+        return make_premul_sum(factor)
+
 
 BITWISE_OPS = frozenset({RedOpType.BAND, RedOpType.BOR, RedOpType.BXOR})
 """Reductions defined only on bool and integer tensors."""

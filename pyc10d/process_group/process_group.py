@@ -12,6 +12,7 @@ later operation raises an error naming the dead rank (make a new group to contin
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 import weakref
@@ -90,14 +91,83 @@ class _Staged:
             self.tensor.copy_(self.buffer)
 
 
+_NO_BACKEND = "No backend type associated with device type {}"
+"""torch's RuntimeError for a device (or a bare group) that has no backend."""
+
+SERVED_DEVICES = ("cuda", "cpu")
+"""Device types a connected group serves, as torch's Gloo does (device tensors are staged
+through host memory), in the order of torch's ``_device_types``."""
+
+
+class BackendType(enum.IntEnum):
+    """torch's ``ProcessGroup.BackendType``, numbered as in torch (pyc10d's own is ``CUSTOM``)."""
+
+    UNDEFINED = 0
+    GLOO = 1
+    NCCL = 2
+    UCC = 3
+    MPI = 4
+    XCCL = 5
+    CUSTOM = 6
+
+
+def _is_rank_number(value: object) -> bool:
+    """True for an int-like rank (``ProcessGroup(rank, size)``), False for a store."""
+    return not isinstance(value, bool) and hasattr(value, "__index__")
+
+
 class ProcessGroup:
-    """A group of ``world_size`` processes running collectives over TCP (torch's ProcessGroup)."""
+    """A group of ``world_size`` processes running collectives over TCP (torch's ProcessGroup).
+
+    ``ProcessGroup(store, rank, world_size, options=None)`` connects the ranks (the group that
+    torch's ``ProcessGroupGloo`` is). ``ProcessGroup(rank, size)``, torch's other constructor,
+    makes a bare group with no backend: the base of Python backends that override
+    ``allreduce``, ``getBackendName``... (its own collectives raise torch's "No backend type
+    associated with device type cpu").
+    """
 
     Options = Options
+    BackendType = BackendType
+    UNDEFINED = BackendType.UNDEFINED
+    GLOO = BackendType.GLOO
+    NCCL = BackendType.NCCL
+    UCC = BackendType.UCC
+    MPI = BackendType.MPI
+    XCCL = BackendType.XCCL
+    CUSTOM = BackendType.CUSTOM
 
-    def __init__(
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if (args and _is_rank_number(args[0])) or "size" in kwargs:
+            self._init_bare(*args, **kwargs)
+        else:
+            self._init_connected(*args, **kwargs)
+
+    def _init_bare(self, rank: int, size: int) -> None:
+        """torch's ``ProcessGroup(rank, size)``: rank and size only, no transport or threads."""
+        self.options = Options()
+        self._rank = int(rank)
+        self._size = int(size)
+        self._backend_name = "undefined"
+        self._store: Store | None = None
+        self._transport: Transport | None = None
+        self._arena: ShmArena | None = None
+        self._engine: Engine | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._init_bookkeeping()
+
+    def _init_bookkeeping(self) -> None:
+        self._order = IssueOrder()
+        self._p2p_engines: dict[object, Engine] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._running: dict[int, Work] = {}  # collectives not yet finished, for barrier()
+        self._bound_device_id: torch.device | None = None
+        self._group_desc = ""
+
+    def _init_connected(
         self, store: Store, rank: int, world_size: int, options: Options | None = None
     ) -> None:
+        """torch's ``ProcessGroup(store, rank, size)`` with a backend: connect to every rank."""
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be a positive int, got {world_size!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -105,6 +175,7 @@ class ProcessGroup:
         self.options = options if options is not None else Options()
         self._rank = rank
         self._size = world_size
+        self._backend_name = "pyc10d"
         generation = store.add(f"pyc10d/process_groups/{rank}", 1)
         self._store = PrefixStore(f"pyc10d/pg{generation}", store)
         setup = Deadline(self.options.timeout)  # connecting must finish within the group timeout
@@ -121,13 +192,9 @@ class ProcessGroup:
         except BaseException:
             transport.close()
             raise
-        self._order = IssueOrder()
+        self._init_bookkeeping()
         name = f"pyc10d-pg{generation}-r{rank}"
         self._engine = Engine(self.options.threads, name)
-        self._p2p_engines: dict[object, Engine] = {}
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._running: dict[int, Work] = {}  # collectives not yet finished, for barrier()
         self._finalizer = weakref.finalize(
             self,
             ProcessGroup._shutdown,
@@ -146,9 +213,64 @@ class ProcessGroup:
         """Number of processes in the group."""
         return self._size
 
+    def getBackendName(self) -> str:
+        """The backend's name: ``"pyc10d"`` (``"undefined"`` for a bare group, as in torch).
+
+        Python backends override it; :meth:`name` returns it, as torch's trampoline does.
+        """
+        return self._backend_name
+
     def name(self) -> str:
-        """The backend name."""
-        return "pyc10d"
+        """The backend name (torch's ``ProcessGroup.name()``: ``getBackendName()``)."""
+        return self.getBackendName()
+
+    def _get_backend_name(self) -> str:
+        """The backend name (torch's private ``_get_backend_name``)."""
+        return self.getBackendName()
+
+    def _get_backend(self, device: torch.device | str) -> ProcessGroup:
+        """The backend serving ``device`` (torch's ``_get_backend``): this group itself for
+        ``cpu`` and ``cuda`` (staged through host memory), the devices torch's Gloo serves.
+
+        RuntimeError, torch's "No backend type associated with device type ...", for any
+        other device, and for every device on a bare ``ProcessGroup(rank, size)``.
+        """
+        device_type = torch.device(device).type
+        if device_type not in SERVED_DEVICES or self._engine is None:
+            raise RuntimeError(_NO_BACKEND.format(device_type))
+        return self
+
+    @property
+    def _device_types(self) -> list[torch.device]:
+        """The devices with a backend (torch's ``_device_types``); ``[]`` for a bare group."""
+        return [] if self._engine is None else [torch.device(d) for d in SERVED_DEVICES]
+
+    @property
+    def bound_device_id(self) -> torch.device | None:
+        """The device bound with ``init_process_group(device_id=...)`` (None: none, as on CPU)."""
+        return self._bound_device_id
+
+    @bound_device_id.setter
+    def bound_device_id(self, device: torch.device | None) -> None:
+        self._bound_device_id = device
+
+    @property
+    def group_name(self) -> str:
+        """The group's name (torch's ``group_name``; ``Options.group_name``)."""
+        return self.options.group_name
+
+    def _set_group_name(self, name: str) -> None:
+        """Set :attr:`group_name` (torch's private setter)."""
+        self.options.group_name = name
+
+    @property
+    def group_desc(self) -> str:
+        """The group's description (torch's ``group_desc``)."""
+        return self._group_desc
+
+    def _set_group_desc(self, desc: str) -> None:
+        """Set :attr:`group_desc` (torch's private setter)."""
+        self._group_desc = desc
 
     def set_timeout(self, timeout: timedelta) -> None:
         """Set the default timeout of later operations (torch's ``set_timeout``)."""
@@ -165,7 +287,22 @@ class ProcessGroup:
 
     def shutdown(self) -> None:
         """Fail queued operations, close connections and join threads; idempotent."""
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def abort(self) -> None:
+        """torch's ``abort()``: here the same as :meth:`shutdown` (pending work fails)."""
+        self.shutdown()
+
+    def _is_shut_down(self) -> bool:
+        """True once :meth:`shutdown` (or ``destroy_process_group``) has closed this group."""
+        return self._finalizer is not None and not self._finalizer.alive
+
+    def _require_backend(self) -> Engine:
+        """The engine; torch's RuntimeError on a bare ``ProcessGroup(rank, size)``."""
+        if self._engine is None:
+            raise RuntimeError(_NO_BACKEND.format("cpu"))
+        return self._engine
 
     @staticmethod
     def _shutdown(engine: Engine, p2p: dict, transport: Transport, arena: ShmArena | None) -> None:
@@ -212,6 +349,7 @@ class ProcessGroup:
             raise self._failed(op_type, seq, exc) from exc
 
     def _collective(self, op_type: str, opts: CollectiveOptions, outputs: list, body: Body) -> Work:
+        engine = self._require_backend()
         timeout = resolve_timeout(opts.timeout, self.options.timeout)
         with self._lock:
             self._seq += 1
@@ -231,7 +369,7 @@ class ProcessGroup:
 
         caller_waits = opts.asyncOp is False  # the module API's async_op=False
         try:
-            return self._engine.submit(work, run, wake=not caller_waits)
+            return engine.submit(work, run, wake=not caller_waits)
         except BaseException:  # shut down: it will never run
             self._order.finish(seq)
             with self._lock:
@@ -241,12 +379,17 @@ class ProcessGroup:
     # -- broadcast ----------------------------------------------------------------------------
     @staged_on_host
     def broadcast(
-        self, tensors: Any, opts: BroadcastOptions | int | None = None, root: int | None = None
+        self,
+        tensors: Any,
+        opts: BroadcastOptions | int | None = None,
+        root: int | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """Copy the root's tensor to every rank; ``broadcast(tensor, root)`` also works."""
+        """Copy the root's tensor to every rank; ``broadcast(tensor, root, timeout=None)`` (torch's
+        short form) also works."""
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
-        opts = _options(BroadcastOptions, opts, rootRank=root if root is not None else opts)
+        opts = _options(BroadcastOptions, opts, timeout, root, rootRank=_pick(root, opts))
         check.check_broadcast(self._rank, self._size, tensors, opts)
         root, source = opts.rootRank, tensors[opts.rootTensor]
 
@@ -294,15 +437,17 @@ class ProcessGroup:
         self,
         tensors: Any,
         opts: AllreduceOptions | ReduceOpLike | None = None,
-        op: ReduceOpLike | None = None,
+        op: ReduceOpLike | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
         """Reduce tensors across ranks in place (several per rank are reduced together).
 
-        Also ``allreduce(tensor, op)`` and ``allreduce(tensors, op)``, as in torch.
+        Also ``allreduce(tensor, op, timeout)`` and ``allreduce(tensors, op, timeout)``, as in
+        torch (``timeout=None``: the group's).
         """
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
-        opts = _options(AllreduceOptions, opts, reduceOp=op if op is not None else opts)
+        opts = _options(AllreduceOptions, opts, timeout, op, reduceOp=_pick(op, opts))
         check.check_allreduce(self._rank, self._size, tensors, opts)
         op, factor = self._prepare_op(opts)
         if tensors[0].is_sparse:
@@ -349,14 +494,14 @@ class ProcessGroup:
         tensors: Any,
         opts: ReduceOptions | int | None = None,
         op: ReduceOpLike | None = None,
-        root: int | None = None,
+        root: int | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """Reduce onto ``opts.rootRank``; ``reduce(tensor, root, op=SUM)`` also works."""
+        """Reduce onto ``opts.rootRank``; ``reduce(tensor, root, op=SUM, timeout=None)`` (torch's
+        short form) also works."""
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
-        opts = _options(
-            ReduceOptions, opts, rootRank=root if root is not None else opts, reduceOp=op
-        )
+        opts = _options(ReduceOptions, opts, timeout, root, rootRank=_pick(root, opts), reduceOp=op)
         check.check_reduce(self._rank, self._size, tensors, opts)
         op_member, factor = self._prepare_op(opts)
         root, target = opts.rootRank, tensors[opts.rootTensor]
@@ -379,12 +524,19 @@ class ProcessGroup:
     # -- allgather ----------------------------------------------------------------------------
     @staged_on_host
     def allgather(
-        self, output_tensors: Any, input_tensors: Any, opts: AllgatherOptions | None = None
+        self,
+        output_tensors: Any,
+        input_tensors: Any,
+        opts: AllgatherOptions | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """Every rank's input lands in every rank's output list (``[rank * n_inputs + i]``)."""
+        """Every rank's input lands in every rank's output list (``[rank * n_inputs + i]``).
+
+        Also torch's short form ``allgather(outputs, input_tensor, timeout=None)``.
+        """
         if isinstance(input_tensors, torch.Tensor):
             output_tensors, input_tensors = [output_tensors], [input_tensors]
-        opts = opts if opts is not None else AllgatherOptions()
+        opts = _options(AllgatherOptions, opts, timeout)
         check.check_allgather(self._rank, self._size, output_tensors, input_tensors)
         per_rank = len(input_tensors)
 
@@ -422,6 +574,8 @@ class ProcessGroup:
 
         return self._collective("_allgather_base", opts, [[output]], body)
 
+    all_gather_single = _allgather_base  # torch 2.13's name (``dist.all_gather_single``)
+
     @staged_on_host
     def allgather_into_tensor_coalesced(
         self,
@@ -441,6 +595,8 @@ class ProcessGroup:
                 staged.finish()
 
         return self._collective("allgather_into_tensor_coalesced", opts, [outputs], body)
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced  # torch 2.13's name
 
     @staged_on_host
     def allgather_coalesced(
@@ -474,13 +630,15 @@ class ProcessGroup:
         output_tensors: Any,
         input_tensors: Any,
         opts: GatherOptions | int | None = None,
-        root: int | None = None,
+        root: int | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """The root receives every rank's input; ``gather(outputs, input, root)`` also works."""
+        """The root receives every rank's input; ``gather(outputs, input, root, timeout=None)``
+        (torch's short form) also works."""
         if isinstance(input_tensors, torch.Tensor):
             output_tensors = [output_tensors] if output_tensors else []
             input_tensors = [input_tensors]
-        opts = _options(GatherOptions, opts, rootRank=root if root is not None else opts)
+        opts = _options(GatherOptions, opts, timeout, root, rootRank=_pick(root, opts))
         check.check_gather(self._rank, self._size, output_tensors, input_tensors, opts)
         root = opts.rootRank
 
@@ -502,13 +660,15 @@ class ProcessGroup:
         output_tensors: Any,
         input_tensors: Any,
         opts: ScatterOptions | int | None = None,
-        root: int | None = None,
+        root: int | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """The root sends ``inputs[0][r]`` to each rank r; ``scatter(output, inputs, root)``."""
+        """The root sends ``inputs[0][r]`` to each rank r; also torch's short form
+        ``scatter(output, inputs, root, timeout=None)``."""
         if isinstance(output_tensors, torch.Tensor):
             output_tensors = [output_tensors]
             input_tensors = [input_tensors] if input_tensors else []
-        opts = _options(ScatterOptions, opts, rootRank=root if root is not None else opts)
+        opts = _options(ScatterOptions, opts, timeout, root, rootRank=_pick(root, opts))
         check.check_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
         root = opts.rootRank
 
@@ -527,12 +687,16 @@ class ProcessGroup:
         output_tensors: Any,
         input_tensors: Any,
         opts: ReduceScatterOptions | ReduceOpLike | None = None,
-        op: ReduceOpLike | None = None,
+        op: ReduceOpLike | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """Rank r gets the reduction of every rank's ``inputs[0][r]`` (sizes may differ by r)."""
+        """Rank r gets the reduction of every rank's ``inputs[0][r]`` (sizes may differ by r).
+
+        Also torch's short form ``reduce_scatter(output, inputs, op, timeout=None)``.
+        """
         if isinstance(output_tensors, torch.Tensor):
             output_tensors, input_tensors = [output_tensors], [input_tensors]
-        opts = _options(ReduceScatterOptions, opts, reduceOp=op if op is not None else opts)
+        opts = _options(ReduceScatterOptions, opts, timeout, op, reduceOp=_pick(op, opts))
         check.check_reduce_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
         op, factor = self._prepare_op(opts)
 
@@ -566,6 +730,8 @@ class ProcessGroup:
 
         return self._collective("_reduce_scatter_base", opts, [[output]], body)
 
+    reduce_scatter_single = _reduce_scatter_base  # torch 2.13's name
+
     @staged_on_host
     def reduce_scatter_tensor_coalesced(
         self,
@@ -586,6 +752,8 @@ class ProcessGroup:
 
         return self._collective("reduce_scatter_tensor_coalesced", opts, [outputs], body)
 
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced  # torch 2.13's name
+
     # -- all-to-all ---------------------------------------------------------------------------
     @staged_on_host
     def alltoall_base(
@@ -594,10 +762,15 @@ class ProcessGroup:
         input: torch.Tensor,
         output_split_sizes: list[int],
         input_split_sizes: list[int],
-        opts: AllToAllOptions | None = None,
+        opts: AllToAllOptions | timedelta | None = None,
+        timeout: timedelta | None = None,
     ) -> Work:
-        """Split ``input`` along dim 0 (equally, or by ``input_split_sizes``) and exchange."""
-        opts = opts if opts is not None else AllToAllOptions()
+        """Split ``input`` along dim 0 (equally, or by ``input_split_sizes``) and exchange.
+
+        ``input`` must be contiguous (ValueError "Tensors must be contiguous", as torch's Gloo
+        says); ``timeout`` (torch's keyword) overrides the group's for this call.
+        """
+        opts = _options(AllToAllOptions, opts, timeout)
         check.check_alltoall_base(
             self._rank, self._size, output, input, output_split_sizes, input_split_sizes, opts
         )
@@ -611,6 +784,8 @@ class ProcessGroup:
             staged.finish()
 
         return self._collective("alltoall_base", opts, [[output]], body)
+
+    all_to_all_single = alltoall_base  # torch 2.13's name (``dist.all_to_all_single``)
 
     @staged_on_host
     def alltoall(
@@ -636,11 +811,13 @@ class ProcessGroup:
         return self._collective("alltoall", opts, [output_tensors], body)
 
     # -- barrier ------------------------------------------------------------------------------
-    def barrier(self, opts: BarrierOptions | None = None) -> Work:
+    def barrier(
+        self, opts: BarrierOptions | timedelta | None = None, timeout: timedelta | None = None
+    ) -> Work:
         """Complete once every rank has called barrier and finished the collectives it issued
         before it (as in torch, a barrier implies waiting for earlier work; their errors stay
-        with their own Work)."""
-        opts = opts if opts is not None else BarrierOptions()
+        with their own Work). ``barrier(timeout=...)`` is torch's short form."""
+        opts = _options(BarrierOptions, opts, timeout)
         with self._lock:
             prior = list(self._running.values())
 
@@ -673,6 +850,7 @@ class ProcessGroup:
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> Work:
         """Send ``tensors[0]`` to ``dstRank`` under ``tag`` (messages to one peer stay ordered)."""
         check.check_send(self._rank, self._size, tensors, dstRank, tag)
+        self._require_backend()
         work = Work("send", -1, [tensors])
         try:
             data = flat_contiguous(tensors[0])
@@ -697,6 +875,7 @@ class ProcessGroup:
         return self._recv(tensors, sources, tag, ("any", None))
 
     def _recv(self, tensors: list[torch.Tensor], sources: list[int], tag: int, key: object) -> Work:
+        self._require_backend()
         work = Work("recv", -1, [tensors])
 
         def run() -> Any:
@@ -719,15 +898,55 @@ class ProcessGroup:
         return self._p2p_engine(key).submit(work, run)
 
 
-def _options(cls: type[OptionsT], opts: object, **fields: object) -> OptionsT:
-    """``opts`` if it already is a ``cls``; else a new ``cls`` built from the convenience-form
-    arguments in ``fields`` (a root rank or reduce op; None keeps the default)."""
-    if isinstance(opts, cls):
+def _pick(*values: object) -> Any:
+    """The first of ``values`` that is set: not None and not a timedelta (a positional timeout
+    of torch's short forms); None if there is none."""
+    for value in values:
+        if value is not None and not isinstance(value, timedelta):
+            return value
+    return None
+
+
+def _timeout_of(name: str, values: Sequence[object]) -> timedelta | None:
+    """The one timeout among ``values`` (the keyword and torch's positional slot), or None."""
+    found = {value for value in values if isinstance(value, timedelta)}
+    if len(found) > 1:
+        raise TypeError(f"{name}(): got two different timeouts: {sorted(found)}")
+    return found.pop() if found else None
+
+
+def _options(
+    cls: type[OptionsT],
+    opts: object,
+    timeout: timedelta | None = None,
+    *slots: object,
+    **fields: object,
+) -> OptionsT:
+    """The call's options: ``opts`` if it already is a ``cls``, else a new ``cls`` from torch's
+    short-form arguments in ``fields`` (a root rank or reduce op; None keeps the default) and
+    ``timeout``: the keyword, or a timedelta where torch's short forms take it positionally
+    (in ``opts`` or one of the raw positional ``slots``).
+
+    Any other ``opts`` object is used as it is (duck-typed: torch's own option objects pass).
+    TypeError for an options object together with a timeout, which no torch overload takes.
+    """
+    if timeout is not None and not isinstance(timeout, timedelta):
+        raise TypeError(f"timeout must be a datetime.timedelta, got {type(timeout).__name__}")
+    given = _timeout_of(cls.__name__, [opts, timeout, *slots])
+    consumed = any(value is opts for value in fields.values())
+    if isinstance(opts, cls) or not (opts is None or isinstance(opts, timedelta) or consumed):
+        if given is not None:
+            raise TypeError(
+                f"incompatible arguments: an options object ({type(opts).__name__}) and a timeout; "
+                "set opts.timeout instead"
+            )
         return opts
     built = cls()
     for name, value in fields.items():
-        if value is not None and not isinstance(value, cls):
+        if value is not None and not isinstance(value, (cls, timedelta)):
             setattr(built, name, value)
+    if given is not None:
+        built.timeout = given
     return built
 
 

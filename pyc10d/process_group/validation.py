@@ -50,6 +50,7 @@ __all__ = [
     "check_alltoall",
     "check_alltoall_base",
     "check_broadcast",
+    "check_contiguous_input",
     "check_dense",
     "check_dtype_supported",
     "check_gather",
@@ -639,6 +640,7 @@ def check_alltoall_base(
     _check_tensor(name, output, "output")
     _check_tensor(name, input, "input")
     check_dense(name, (output, input))
+    check_contiguous_input(input)
     if not same_type(output, input):
         fail(name, "input and output tensors must have the same type")
     if output.dim() == 0 or input.dim() == 0:
@@ -659,6 +661,21 @@ def check_alltoall_base(
             f"(input numel {input.numel()}, output numel {output.numel()})",
         )
     check_dtype_supported(name, input.dtype)
+
+
+def check_contiguous_input(input: torch.Tensor) -> None:
+    """ValueError "Tensors must be contiguous" (torch's Gloo ``alltoall_base`` wording and
+    class) unless ``input`` is contiguous in its suggested memory format (channels-last passes).
+
+    Only the input is checked, as in torch; a non-contiguous output is written through a copy.
+    """
+    if input.is_contiguous():
+        return
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return
+    raise ValueError("Tensors must be contiguous")
 
 
 # -- point to point ----------------------------------------------------------------------------
