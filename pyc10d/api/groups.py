@@ -13,6 +13,7 @@ from typing import Any
 
 from ..process_group import ProcessGroup
 from ..store import PrefixStore
+from .backends import make_group
 from .init import group_options
 from .state import GroupInfo, GroupMember, _world, default_group, info
 
@@ -41,7 +42,14 @@ def _create(
     options = group_options(
         timeout if timeout is not None else default.options.timeout, pg_options, name, ranks
     )
-    pg = ProcessGroup(PrefixStore(f"group/{name}", store), ranks.index(me), len(ranks), options)
+    pg = make_group(
+        backend_name,
+        PrefixStore(f"group/{name}", store),
+        ranks.index(me),
+        len(ranks),
+        options,
+        pg_options,
+    )
     _world.groups[pg] = GroupInfo(backend_name, ranks, name, store)
     return pg
 
@@ -109,15 +117,17 @@ def new_subgroups(
     group_desc: str | None = None,
 ) -> tuple[ProcessGroup | None, list[ProcessGroup | Any]]:
     """Split the ranks into consecutive groups of ``group_size``; return (mine, all)."""
-    world_size = default_group().size()
     if group_size is None:
         raise ValueError("new_subgroups needs group_size on CPU (torch defaults to #GPUs)")
     if group_size <= 0:
         raise ValueError(f"The arg 'group_size' ({group_size}) must be positive")
-    if world_size % group_size:
+    world_size = default_group().size() if group is None else len(info(group).ranks)
+    if world_size < group_size:
         raise ValueError(
-            f"The world size ({world_size}) must be divisible by 'group_size' ({group_size})"
+            f"The arg 'group_size' ({group_size}) must not exceed the world size ({world_size})"
         )
+    if world_size % group_size != 0:
+        raise ValueError(f"The world size ({world_size}) must be divisible by '{group_size=}'")
     ranks = list(range(world_size)) if group is None else info(group).ranks
     chunks = [ranks[i : i + group_size] for i in range(0, len(ranks), group_size)]
     return new_subgroups_by_enumeration(chunks, timeout, backend, pg_options, group_desc)

@@ -11,7 +11,8 @@ from ..process_group import ProcessGroup
 from ..process_group.options import Options
 from ..rendezvous import rendezvous
 from ..store import PrefixStore, Store
-from .state import PYC10D, Backend, GroupInfo, _world
+from .backends import make_group
+from .state import PYC10D, Backend, GroupInfo, _world, is_non_member
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ def init_process_group(
                 )
         ranks = list(range(world_size))
         options = group_options(timeout, pg_options, group_name or "0", ranks)
-        pg = ProcessGroup(PrefixStore("default_pg", store), rank, world_size, options)
+        pg = make_group(
+            name, PrefixStore("default_pg", store), rank, world_size, options, pg_options
+        )
         _world.default_pg = pg
         _world.default_store = store
         _world.global_rank = rank
@@ -82,7 +85,9 @@ def init_process_group(
 
 
 def destroy_process_group(group: ProcessGroup | None = None) -> None:
-    """Shut down ``group``, or (None) every group and the default one."""
+    """Shut down ``group``, or (None) every group and the default one; as in torch, a group the
+    API does not know (never created, or destroyed already) is a ValueError, and a rank outside
+    ``group`` does nothing."""
     with _world.lock:
         if group is None or group is _world.default_pg:
             for pg in list(_world.groups):
@@ -92,6 +97,9 @@ def destroy_process_group(group: ProcessGroup | None = None) -> None:
             _world.default_store = None
             _world.global_rank = -1
             return
-        if group in _world.groups:
-            del _world.groups[group]
-            group.shutdown()
+        if is_non_member(group):
+            return
+        if group not in _world.groups:
+            raise ValueError("Invalid process group specified")
+        del _world.groups[group]
+        group.shutdown()

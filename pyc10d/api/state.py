@@ -283,8 +283,15 @@ def get_world_size(group: Any = None) -> int:
 
 
 def get_backend(group: Any = None) -> Backend:
-    """The backend name of ``group``; ValueError outside the group, as in torch, and torch's
-    "is not initialized in the world group map" for a group the API did not create."""
+    """The backend name of ``group``, as it was requested; ValueError outside the group, as in
+    torch, and torch's "is not initialized in the world group map" for a group the API did not
+    create.
+
+    The name is a label only: ``"gloo"`` (and ``"cpu:gloo"``) and ``"pyc10d"`` all run pyc10d's
+    own engine, never torch's Gloo. A group created with ``backend="gloo"`` reports ``"gloo"``,
+    so torch scripts that check for it keep working; ``init_process_group`` logs this once at
+    INFO (logger ``pyc10d.api.init``).
+    """
     if is_non_member(group):
         raise ValueError("Invalid process group specified")
     pg = default_group() if group is None else group
