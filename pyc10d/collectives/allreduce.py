@@ -1,22 +1,22 @@
 """Allreduce and reduce: direct exchange for small buffers, ring reduce-scatter + allgather for
-large ones."""
+large ones.
+
+Half-precision sums over three or more ranks round once (see :mod:`.reduction`). A ring
+reduce-scatter would pass rounded partial sums from rank to rank, so for them the large path
+reduce-scatters directly instead (each rank sends every owner its chunk, the owner sums all of
+them in float32, in rank order): as many bytes and messages per rank as the ring's. The ring
+allgather follows as usual.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from . import shm
+from . import exchange, shm
 from .context import OpContext
-from .reduction import reduce_into
+from .reduction import accumulates_wide, combine, reduce_into
 
 DIRECT_MAX_BYTES = 64 * 1024  # up to this size every rank sends its whole buffer to every peer
-
-
-def _combine_in_rank_order(op: object, flat: torch.Tensor, parts: list[torch.Tensor]) -> None:
-    """``flat = parts[0] (op) parts[1] (op) ...``: the same order, so the same bits, everywhere."""
-    flat.copy_(parts[0])
-    for part in parts[1:]:
-        reduce_into(op, flat, part)
 
 
 def _contributions(ctx: OpContext, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -37,7 +37,7 @@ def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
     for peer in range(ctx.size):
         if peer != ctx.rank:
             ctx.send(peer, 0, flat)
-    _combine_in_rank_order(op, flat, _contributions(ctx, flat))
+    combine(op, flat, _contributions(ctx, flat))
 
 
 def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) -> int:
@@ -54,18 +54,27 @@ def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) 
     return (rank + 1) % size
 
 
-def ring_allgather(ctx: OpContext, chunks: list[torch.Tensor], first_step: int) -> None:
-    """Ring allgather: rank r starts owning chunk ``(r + 1) % size`` and ends with all of them."""
+def ring_allgather(
+    ctx: OpContext, chunks: list[torch.Tensor], first_step: int, owned: int | None = None
+) -> None:
+    """Ring allgather: rank r starts owning chunk ``owned`` (default ``(r + 1) % size``; it must
+    be the same offset from the rank on every rank) and ends with all of them."""
     rank, size = ctx.rank, ctx.size
     right, left = (rank + 1) % size, (rank - 1) % size
+    owned = (rank + 1) % size if owned is None else owned
     for step in range(size - 1):
-        send_index, recv_index = (rank + 1 - step) % size, (rank - step) % size
+        send_index, recv_index = (owned - step) % size, (owned - step - 1) % size
         ctx.send_recv(right, chunks[send_index], left, chunks[recv_index], first_step + step)
 
 
 def allreduce_ring(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
-    """Bandwidth-optimal allreduce: ring reduce-scatter, then ring allgather."""
+    """Bandwidth-optimal allreduce: ring reduce-scatter, then ring allgather (a direct
+    reduce-scatter first for half-precision sums of three or more ranks: see above)."""
     chunks = list(torch.tensor_split(flat, ctx.size))
+    if accumulates_wide(op, flat.dtype, ctx.size):
+        exchange.reduce_scatter(ctx, chunks, chunks[ctx.rank], op)
+        ring_allgather(ctx, chunks, ctx.size - 1, owned=ctx.rank)
+        return
     ring_reduce_scatter(ctx, chunks, op)
     ring_allgather(ctx, chunks, ctx.size - 1)
 
@@ -94,4 +103,4 @@ def reduce(ctx: OpContext, flat: torch.Tensor, op: object, root: int) -> None:
     if ctx.rank != root:
         ctx.send(root, 0, flat)
         return
-    _combine_in_rank_order(op, flat, _contributions(ctx, flat))
+    combine(op, flat, _contributions(ctx, flat))

@@ -12,7 +12,7 @@ import torch
 
 from . import shm
 from .context import PREPOST_MIN_BYTES, OpContext
-from .reduction import reduce_into
+from .reduction import combine
 
 
 def _others(ctx: OpContext) -> list[int]:
@@ -109,9 +109,7 @@ def reduce_scatter(
             ctx.send(peer, 0, send[peer])
         for peer in _others(ctx):
             ctx.recv(peer, 0, parts[peer])
-    recv.copy_(parts[0])
-    for part in parts[1:]:
-        reduce_into(op, recv, part)
+    combine(op, recv, parts)
 
 
 def barrier(ctx: OpContext) -> None:

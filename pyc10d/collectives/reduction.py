@@ -1,8 +1,15 @@
-"""Element-wise reductions as in-place torch ops, for every ReduceOp and dtype torch allows."""
+"""Element-wise reductions as in-place torch ops, for every ReduceOp and dtype torch allows.
+
+Half-precision (float16, bfloat16) sums and products of more than two operands are accumulated in
+float32 and rounded once at the end, as ``torch.sum`` does on CPU: rounding after every step
+drifts by whole units in the last place from three ranks on. Two operands need no widening: their
+float32 result, rounded to the half type, is already the correctly rounded one (float32 carries
+more than twice the half types' precision), so world size 2 and every other dtype pay nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -60,6 +67,57 @@ def reducer(op: object) -> Reducer:
 def reduce_into(op: object, acc: torch.Tensor, x: torch.Tensor) -> None:
     """``acc = acc (op) x``, in place."""
     _REDUCERS[op](acc, x)
+
+
+HALF_DTYPES = frozenset({torch.float16, torch.bfloat16})
+WIDE_DTYPE = torch.float32
+WIDE_BLOCK = 64 * 1024  # elements of float32 accumulated at a time (256 KiB: stays in cache)
+_ADDITIVE = (ReduceOp.SUM, ReduceOp.AVG, ReduceOp.PREMUL_SUM)
+_WIDENED_OPS = (*_ADDITIVE, ReduceOp.PRODUCT)
+
+
+def accumulates_wide(op: object, dtype: torch.dtype, operands: int) -> bool:
+    """True if combining ``operands`` values of ``dtype`` with ``op`` must accumulate in float32:
+    half-precision sums and products of more than two operands."""
+    return operands > 2 and dtype in HALF_DTYPES and op in _WIDENED_OPS
+
+
+def combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
+    """``out = parts[0] (op) parts[1] (op) ...`` in the given (rank) order; ``out`` aliases
+    none of ``parts``. Half-precision sums and products accumulate in float32, rounded once."""
+    if accumulates_wide(op, out.dtype, len(parts)):
+        _combine_wide(_REDUCERS[op], out, parts)
+        return
+    if op in _ADDITIVE and out.dtype != torch.bool and len(parts) > 1:
+        torch.add(parts[0], parts[1], out=out)
+        rest = parts[2:]
+    else:
+        out.copy_(parts[0])
+        rest = parts[1:]
+    for part in rest:
+        _REDUCERS[op](out, part)
+
+
+def _combine_wide(reduce: Reducer, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
+    """:func:`combine` in float32, a cache-sized block at a time for 1-D tensors (widening each
+    part into a scratch block first: cheaper than a mixed-dtype in-place op)."""
+    if out.dim() != 1 or any(part.dim() != 1 for part in parts):
+        acc = parts[0].to(WIDE_DTYPE)
+        for part in parts[1:]:
+            reduce(acc, part.to(WIDE_DTYPE))
+        out.copy_(acc)
+        return
+    count = out.numel()
+    acc_block = torch.empty(min(count, WIDE_BLOCK), dtype=WIDE_DTYPE)
+    part_block = torch.empty_like(acc_block)
+    for start in range(0, count, WIDE_BLOCK):
+        stop = min(start + WIDE_BLOCK, count)
+        acc, widened = acc_block[: stop - start], part_block[: stop - start]
+        acc.copy_(parts[0][start:stop])
+        for part in parts[1:]:
+            widened.copy_(part[start:stop])
+            reduce(acc, widened)
+        out[start:stop].copy_(acc)
 
 
 def finish_average(tensor: torch.Tensor, count: int) -> None:

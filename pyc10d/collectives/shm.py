@@ -9,6 +9,8 @@ Large allreduces are slice-parallel: in each round every rank reduces its own 1/
 chunk from all slots (in rank order, so every rank ends with the same bits), publishes it in its
 slot, and then copies the other ranks' reduced slices: reduce-scatter + allgather with no
 messages. Small ones skip the second phase: every rank reduces the whole chunk itself.
+Reductions combine the slots in rank order with :func:`.reduction.combine` (half-precision sums
+over three or more ranks accumulate in float32 and round once).
 """
 
 from __future__ import annotations
@@ -19,26 +21,12 @@ from collections.abc import Sequence
 import torch
 
 from ..core.errors import DistBackendError
-from ..core.reduce_op import ReduceOp
 from ..core.tensor_bytes import flat_contiguous
 from ..core.timeouts import Deadline
 from ..transport.shm.arena import ShmArena, sizes_header_bytes
-from .reduction import reduce_into
+from .reduction import combine
 
 SLICE_MIN_BYTES = 32 * 1024  # from this chunk size allreduce splits the reduction among ranks
-_ADDITIVE = (ReduceOp.SUM, ReduceOp.AVG, ReduceOp.PREMUL_SUM)
-
-
-def _combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
-    """``out = parts[0] (op) parts[1] (op) ...`` in rank order; ``out`` aliases none of them."""
-    if op in _ADDITIVE and out.dtype != torch.bool and len(parts) > 1:
-        torch.add(parts[0], parts[1], out=out)
-        rest = parts[2:]
-    else:
-        out.copy_(parts[0])
-        rest = parts[1:]
-    for part in rest:
-        reduce_into(op, out, part)
 
 
 def _output_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -76,10 +64,10 @@ def _allreduce_round(arena: ShmArena, chunk: torch.Tensor, op: object, deadline:
     arena.post(round_)
     arena.wait_posted(round_, arena.peers, deadline, "allreduce")
     if count * dtype.itemsize < SLICE_MIN_BYTES or count < size:
-        _combine(op, chunk, parts)
+        combine(op, chunk, parts)
     else:
         lo, hi = _bounds(count, size, rank)
-        _combine(op, chunk[lo:hi], [part[lo:hi] for part in parts])
+        combine(op, chunk[lo:hi], [part[lo:hi] for part in parts])
         parts[rank][lo:hi].copy_(chunk[lo:hi])
         arena.post_reduced(round_)
         arena.wait_reduced(round_, arena.peers, deadline, "allreduce")
@@ -103,7 +91,7 @@ def reduce(arena: ShmArena, flat: torch.Tensor, op: object, root: int, deadline:
         if arena.rank == root:
             arena.wait_posted(round_, arena.peers, deadline, "reduce")
             slots = [arena.typed(owner, round_, dtype)[:count] for owner in range(arena.size)]
-            _combine(op, chunk, slots)
+            combine(op, chunk, slots)
         arena.release(round_)
 
 
@@ -185,7 +173,7 @@ def reduce_scatter(
         _post_blocks(arena, blocks, start, count, round_, deadline, "reduce_scatter")
         lo, hi = rank * count, (rank + 1) * count
         parts = [arena.typed(owner, round_, dtype)[lo:hi] for owner in range(arena.size)]
-        _combine(op, out[start : start + count], parts)
+        combine(op, out[start : start + count], parts)
         arena.release(round_)
 
 

@@ -13,8 +13,10 @@ the next writer, which holds the exclusive lock and so knows nobody is writing, 
 
 Reference counting follows torch: each FileStore joining the file adds one to a hidden counter;
 ``close()`` (also run by garbage collection and at interpreter exit) counts the handle as
-finished, and when ``world_size`` handles have finished and none is left, the last one removes
-the file. A FileStore created on the path afterwards starts on a new, empty file.
+finished, and the handle that leaves the counter at zero removes the file, provided at least
+``world_size`` handles have finished (never if ``world_size`` is negative). ``world_size`` caps
+nothing: more FileStores than that may share the file, and the last of them removes it. A
+FileStore created on the path afterwards starts on a new, empty file.
 """
 
 from __future__ import annotations
@@ -264,8 +266,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def _release(log: _Log, world_size: int, counted: bool) -> None:
-    """Close ``log``; for a counted handle, record it as finished and remove the file if it is
-    the last of ``world_size`` users (the finalizer of every FileStore)."""
+    """Close ``log``; for a counted handle, record it as finished and remove the file if no user
+    is left and at least ``world_size`` (>= 0) have finished (the finalizer of every FileStore;
+    torch's ``~FileStore``)."""
     with log.mutex:
         if log.fd < 0:
             return
@@ -275,7 +278,7 @@ def _release(log: _Log, world_size: int, counted: bool) -> None:
                 log.replay(exclusive=True)
                 finished = log.table.add(_FINISHED_KEY, 1)
                 live = log.table.add(_REFCOUNT_KEY, -1)
-                if 0 < world_size <= finished and live <= 0 and _same_file(log.fd, log.path):
+                if 0 <= world_size <= finished and live <= 0 and _same_file(log.fd, log.path):
                     os.unlink(log.path)
                 else:
                     log.write(
@@ -292,9 +295,9 @@ def _release(log: _Log, world_size: int, counted: bool) -> None:
 class FileStore(Store):
     """A store kept in a file, shared by the processes of one host (torch's FileStore).
 
-    ``world_size`` is the number of FileStore objects expected to use the file: no more may be
-    open at once, and the last of them to close removes the file. ``-1`` means unknown: the file
-    is then never removed.
+    ``world_size`` is the number of FileStore objects expected to use the file. As in torch it
+    is no limit: once that many have closed, the last open one to close removes the file.
+    A negative value (the default ``-1``: unknown) means the file is never removed.
     """
 
     def __init__(self, path: str | os.PathLike[str], world_size: int = -1) -> None:
@@ -312,18 +315,13 @@ class FileStore(Store):
         self._finalizer = weakref.finalize(self, _release, self._log, world_size, True)
 
     def _join(self) -> None:
-        """Count this handle as a user of the file (exclusive lock held, table replayed)."""
+        """Count this handle as a user of the file (exclusive lock held, table replayed).
+
+        As in torch, ``world_size`` does not cap the users: any number may join.
+        """
         table = self._log.table
-        raw = table.get(_REFCOUNT_KEY)
-        live = 0 if raw is None else int(raw)
-        if 0 < self._world_size <= live:
-            raise DistStoreError(
-                f"FileStore: {self.path!r} already has {live} open user(s) and world_size is "
-                f"{self._world_size}; too many FileStore objects on one file (or a stale file "
-                "left by a crashed run)"
-            )
-        table.set(_REFCOUNT_KEY, str(live + 1).encode())
-        self._log.write([(_SET, _REFCOUNT_KEY, str(live + 1).encode())])
+        live = table.add(_REFCOUNT_KEY, 1)
+        self._log.write([(_SET, _REFCOUNT_KEY, str(live).encode())])
 
     @classmethod
     def _uncounted(cls, original: FileStore) -> FileStore:
@@ -353,7 +351,8 @@ class FileStore(Store):
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Stop using the file; the last of ``world_size`` users removes it. Idempotent."""
+        """Stop using the file; the last user to close removes it once ``world_size`` have
+        closed (torch's destructor). Idempotent."""
         self._finalizer()
 
     def __enter__(self) -> FileStore:

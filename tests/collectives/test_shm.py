@@ -66,8 +66,15 @@ def make_input(rank: int, n: int, dtype: torch.dtype, seed: int, small: bool = F
     return torch.randint(low, high, (n,), generator=g, dtype=torch.int64).to(dtype)
 
 
+HALVES = (torch.float16, torch.bfloat16)
+
+
 def combine(op, parts):
-    """``parts[0] (op) parts[1] (op) ...`` in rank order, one rounding per step."""
+    """``parts[0] (op) parts[1] (op) ...`` in rank order, one rounding per step (half-precision
+    sums and products of three or more: in float32, rounded once at the end)."""
+    wide = parts[0].dtype in HALVES and len(parts) > 2 and op not in (ReduceOp.MIN, ReduceOp.MAX)
+    if wide:
+        return combine(op, [p.to(torch.float32) for p in parts]).to(parts[0].dtype)
     acc = parts[0].clone()
     for x in parts[1:]:
         if op in (ReduceOp.SUM, ReduceOp.AVG):

@@ -159,6 +159,7 @@ def test_checkpoints_and_logging_data():
         assert data["module_name"] == "Sequential"
         assert data["device_ids"] == "" and data["output_device"] == -1
         assert data["broadcast_buffers"] == 1
+        assert data["has_sync_bn"] == 0
         assert data["bucket_cap_bytes"] == 25 * 1024 * 1024
         assert data["find_unused_parameters"] == 0 and data["gradient_as_bucket_view"] == 0
         assert data["backend_name"] == "gloo"

@@ -237,6 +237,7 @@ def _ddp_train(case: DDPCase, name: str) -> None:
     torch.manual_seed(0)
     reference = case.model()
     ddp = _pickled(DDP(SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(reference))))
+    assert ddp._get_ddp_logging_data()["has_sync_bn"] == 1, name
     g = torch.Generator().manual_seed(1)
     x = torch.randn(total, *case.sample, generator=g).contiguous(memory_format=case.memory_format)
     y = torch.randn(total, *case.target, generator=g).contiguous(memory_format=case.memory_format)

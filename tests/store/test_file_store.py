@@ -432,13 +432,43 @@ def test_new_group_after_removal_starts_fresh(path: str) -> None:
         assert not s.check(["old"])
 
 
-def test_world_size_exceeded(path: str) -> None:
+def _close_in_order(stores: list[FileStore], order: list[int], path: str) -> list[bool]:
+    """Close ``stores`` in ``order``; whether the file still exists after each close."""
+    exists = []
+    for index in order:
+        stores[index].close()
+        exists.append(os.path.exists(path))
+    return exists
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_more_users_than_world_size(path: str, order: list[int]) -> None:
+    # torch: world_size does not cap the openers; the file goes when every registered user has
+    # closed (and at least world_size have), whatever the order
+    stores = [FileStore(path, 2) for _ in range(3)]
+    stores[0].set("k", "v")
+    assert stores[2].get("k") == b"v"
+    assert _close_in_order(stores, order, path) == [True, True, False]
+
+
+def test_stale_count_from_crashed_run_is_joined(path: str) -> None:
+    # a user that died without closing stays counted (as in torch): a new group of world_size
+    # users still opens the file, sees the old keys, and leaves the file behind
+    crashed = FileStore(path, 2)
+    crashed.set("old", "1")
+    crashed._finalizer.detach()  # never counted as finished, like a process killed mid-run
+    os.close(crashed._log.fd)
+    crashed._log.fd = -1
     a, b = FileStore(path, 2), FileStore(path, 2)
-    with pytest.raises(RuntimeError, match="world_size is 2"):
-        FileStore(path, 2)
-    a.close()
-    b.close()
-    assert not os.path.exists(path)  # the refused handle did not disturb the count
+    assert a.get("old") == b"1"
+    assert _close_in_order([a, b], [0, 1], path) == [True, True]
+
+
+@pytest.mark.parametrize(("world_size", "expected"), [(-1, [True, True]), (0, [True, False])])
+def test_unknown_and_zero_world_size(path: str, world_size: int, expected: list[bool]) -> None:
+    # torch: a negative world_size never removes the file; 0 removes it when the count drops to 0
+    stores = [FileStore(path, world_size) for _ in range(2)]
+    assert _close_in_order(stores, [0, 1], path) == expected
 
 
 def test_garbage_collection_closes(path: str) -> None:

@@ -22,9 +22,10 @@ def find_common_rank(ddp: Any, input_rank: int, rank_cond: bool) -> int:
     rank_to_use = torch.tensor([input_rank if rank_cond else -1])
     ddp.process_group.allreduce([rank_to_use], op=ReduceOp.MAX).wait()
     if rank_to_use.item() == -1:
-        raise ValueError(
+        ddp._log_and_throw(
+            ValueError,
             "BUG! Expected rank_cond to be true for at least one process. This indicates a bug "
-            "in PyTorch, please report an issue."
+            "in PyTorch, please report an issue.",
         )
     return int(rank_to_use.item())
 

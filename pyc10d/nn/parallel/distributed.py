@@ -345,7 +345,11 @@ class DistributedDataParallel(nn.Module, Joinable):
         (RuntimeError: "register_comm_hook or register_builtin_comm_hook can only be called
         once."), before training.
         """
-        check_comm_hook(hook)
+        try:
+            check_comm_hook(hook)
+        except (TypeError, ValueError) as exc:
+            self._log_error(type(exc), str(exc))
+            raise
         self.reducer.register_comm_hook(state, hook)
         self._comm_hook_name = getattr(hook, "__qualname__", repr(hook))
         self._comm_hooks.append((hook, state))
@@ -399,10 +403,11 @@ class DistributedDataParallel(nn.Module, Joinable):
         except ValueError:
             default = None
         if self.process_group is not default:
-            raise RuntimeError(
+            self._log_and_throw(
+                RuntimeError,
                 "DDP Pickling/Unpickling are only supported when using DDP with the default "
                 "process group. That is, when you have called init_process_group and have not "
-                "passed process_group argument to DDP constructor"
+                "passed process_group argument to DDP constructor",
             )
 
     # -- join -------------------------------------------------------------------------------------
@@ -460,8 +465,20 @@ class DistributedDataParallel(nn.Module, Joinable):
             if not hasattr(param, "_ddp_ignored"):
                 yield item
 
+    def _log_error(self, err_type: type[BaseException], err_msg: str) -> None:
+        """Record an error for the logging data as torch words it: ``"<class 'X'>: message"``."""
+        reducer = self.__dict__.get("reducer")
+        if reducer is not None:  # as in torch, nothing is logged before the Reducer exists
+            reducer._log_error(f"{err_type}: {err_msg}")
+
+    def _log_and_throw(self, err_type: type[BaseException], err_msg: str) -> None:
+        """Record the error in the logging data, then raise it (torch's same-named method)."""
+        self._log_error(err_type, err_msg)
+        raise err_type(err_msg)
+
     def _get_ddp_logging_data(self) -> dict[str, Any]:
-        """A dict of construction settings and runtime stats (a subset of torch's keys)."""
+        """A dict of construction settings and runtime stats (a subset of torch's keys), with
+        ``has_error`` and ``error`` once DDP or its Reducer raised an error."""
         return ddp_logging_data(self)
 
     def train(self, mode: bool = True) -> DistributedDataParallel:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch.nn import SyncBatchNorm  # pyc10d.nn.SyncBatchNorm subclasses it
+
 from ...api.state import get_backend
 
 _ENV_KEYS = {
@@ -65,7 +67,7 @@ def ddp_logging_data(ddp: Any) -> dict[str, Any]:
         "num_parameter_tensors": len(params),
         "bucket_sizes": _joined(stats.bucket_sizes),
         "is_multi_device_module": 0,
-        "has_sync_bn": 0,
+        "has_sync_bn": int(any(isinstance(m, SyncBatchNorm) for m in ddp.module.modules())),
         "join_uneven_inputs": int(ddp._uneven_input_join),
         "has_rebuilt_buckets": int(stats.has_rebuilt_buckets),
         "gloo_num_threads": int(getattr(ddp.process_group.options, "threads", 2)),
@@ -88,4 +90,7 @@ def ddp_logging_data(ddp: Any) -> dict[str, Any]:
         )
     if stats.samples:
         data.update(stats.averages())
+    if stats.error is not None:  # torch's Logger::set_error_and_log
+        data["has_error"] = 1
+        data["error"] = stats.error
     return data

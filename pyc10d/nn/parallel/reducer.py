@@ -125,6 +125,8 @@ class Reducer:
             return
         with torch.no_grad():  # existing gradients move into the new buffers
             for bucket in self._buckets:
+                if bucket.expect_sparse_gradient:
+                    continue  # no buffer: its sparse gradient is reduced as it is (as in torch)
                 for param, view in zip(bucket.params, bucket.views_in, strict=True):
                     grad = param.grad
                     if grad is not None and not grad.is_sparse and not same_storage(grad, view):
@@ -149,7 +151,7 @@ class Reducer:
     def _set_static_graph(self) -> None:
         """Treat the graph as static (must be set before the first iteration)."""
         if self._num_iterations != 0:
-            raise RuntimeError(
+            raise self._error(
                 "set_static_graph() should be called before training loop starts and after "
                 "DistributedDataParallel is constructed."
             )
@@ -158,7 +160,7 @@ class Reducer:
     def register_comm_hook(self, state: Any, hook: CommHook) -> None:
         """Reduce buckets with ``hook(state, bucket)`` instead of allreduce; only once."""
         if self._comm_hook is not None:
-            raise RuntimeError(msg.HOOK_ONCE)
+            raise self._error(msg.HOOK_ONCE)
         self._comm_hook, self._comm_hook_state = hook, state
 
     # -- modes ----------------------------------------------------------------------------------
@@ -181,8 +183,11 @@ class Reducer:
         self.stats.iterations = self._num_iterations
         self.stats.forward_start = time.perf_counter()
 
-    def prepare_for_backward(self, outputs: Sequence[torch.Tensor]) -> None:
-        """Expect hooks in the coming backward; find unused parameters from ``outputs``."""
+    def prepare_for_backward(self, outputs: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Expect hooks in the coming backward; find unused parameters from ``outputs`` (a
+        tensor or a sequence of them, as torch's two overloads take)."""
+        if isinstance(outputs, torch.Tensor):
+            outputs = [outputs]
         self.stats.backward_start = time.perf_counter()
         self._expect_autograd_hooks = True
         self._grad_ready_order = []
@@ -237,7 +242,7 @@ class Reducer:
                 self._mark_variable_ready(unused)
         if self._static_graph_after_first_iteration():
             if self._hooks_left[index] <= 0:
-                raise RuntimeError(msg.GRAPH_CHANGED)
+                raise self._error(msg.GRAPH_CHANGED)
             self._hooks_left[index] -= 1
             if self._hooks_left[index] > 0:
                 return
@@ -248,7 +253,7 @@ class Reducer:
     def _mark_variable_ready(self, index: int) -> None:
         if index in self._ready_this_iteration:
             name = self._param_names.get(index) if self._debug_names() else None
-            raise RuntimeError(msg.marked_twice(index, name, self._has_marked_unused_parameters))
+            raise self._error(msg.marked_twice(index, name, self._has_marked_unused_parameters))
         self._ready_this_iteration.add(index)
         self._require_finalize = True
         b, _ = self._locators[index]
@@ -277,17 +282,17 @@ class Reducer:
             if (self._dynamic_graph_find_unused() or self._static_graph_first_iteration()) and int(
                 self._local_used_map[index]
             ) != 0:
-                raise RuntimeError(msg.UNDEFINED_BUT_REDUCED)
+                raise self._error(msg.UNDEFINED_BUT_REDUCED)
             view.zero_()
             return
         if grad.is_sparse:
-            raise RuntimeError(
+            raise self._error(
                 f"Expected parameter {self._describe(index)} to have a dense gradient, but it is "
                 "sparse; DDP expects sparse gradients only from nn.Embedding and "
                 "nn.EmbeddingBag with sparse=True"
             )
         if grad.dtype != view.dtype:
-            raise RuntimeError(f"Expected {view.dtype}, got {grad.dtype}")
+            raise self._error(f"Expected {view.dtype}, got {grad.dtype}")
         if same_storage(grad, view):
             if self._comm_hook is None:
                 view.div_(self._div_factor)
@@ -303,9 +308,9 @@ class Reducer:
         b, _ = self._locators[index]
         grad = self._params[index].grad
         if grad is None:
-            raise RuntimeError("Expected sparse gradient to be defined.")
+            raise self._error("Expected sparse gradient to be defined.")
         if not grad.is_sparse:
-            raise RuntimeError("Expected variable to have sparse gradient.")
+            raise self._error("Expected variable to have sparse gradient.")
         if self._comm_hook is None:
             grad.div_(self._div_factor)
         self._buckets[b].sparse_grad = grad
@@ -383,7 +388,7 @@ class Reducer:
         with torch.no_grad():
             for bucket in self._buckets:
                 if bucket.future is None:
-                    raise RuntimeError(
+                    raise self._error(
                         "Expected bucket.future_work not to be null. This may indicate that "
                         "communication hook was not properly installed."
                     )
@@ -437,7 +442,7 @@ class Reducer:
             if param.grad is None:
                 param.grad = view_in
             elif not same_storage(param.grad, view_in):
-                raise RuntimeError(msg.NOT_BUCKET_VIEW)
+                raise self._error(msg.NOT_BUCKET_VIEW)
 
     # -- checks and rebuilding --------------------------------------------------------------------
     def _ensure_prior_reduction_finished(self) -> None:
@@ -445,7 +450,7 @@ class Reducer:
             return
         unmarked = [i for i in range(len(self._params)) if i not in self._ready_this_iteration]
         names = [self._describe(i) for i in unmarked] if self._debug_names() else None
-        raise RuntimeError(
+        raise self._error(
             msg.prior_reduction_not_finished(
                 self.process_group.rank(), self._static_graph, self._find_unused, unmarked, names
             )
@@ -462,7 +467,7 @@ class Reducer:
             return False
         order = self._rebuilt_param_indices
         if len(order) != len(self._params):
-            raise RuntimeError(
+            raise self._error(
                 "rebuilt parameter indices size is not same as original model parameters size."
                 f"Original model param size is: {len(self._params)} versus rebuilt params size "
                 f"of: {len(order)}"
@@ -533,6 +538,17 @@ class Reducer:
         self._forward_work = (work, use_static_world_size)
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _error(self, text: str) -> RuntimeError:
+        """Record ``text`` for the logging data and return the RuntimeError to raise (torch's
+        ``REDUCER_CHECK``, which logs the failure before throwing)."""
+        self._log_error(text)
+        return RuntimeError(text)
+
+    def _log_error(self, text: str) -> None:
+        """Record an error for ``_get_ddp_logging_data()`` (``has_error``, ``error``; torch's
+        ``Logger::set_error_and_log``)."""
+        self.stats.error = text
+
     def _debug_names(self) -> bool:
         return get_debug_level() != DebugLevel.OFF and bool(self._param_names)
 

@@ -2,7 +2,8 @@
 
 The subset of torch's ``c10d::Logger`` runtime fields that a Python Reducer can fill: bucket
 sizes, the rebuilt buckets, the last gradient-ready order, unused-parameter bytes and average
-forward / backward / communication times (nanoseconds, over the iterations that synced).
+forward / backward / communication times (nanoseconds, over the iterations that synced), and
+the last error DDP or the Reducer raised.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ReducerStats:
     forward_ns: int = 0
     backward_compute_ns: int = 0
     backward_comm_ns: int = 0
+    error: str | None = None  # the last error raised by DDP or its Reducer
 
     def record_rebuild(
         self, sizes: Sequence[int], indices: Sequence[Sequence[int]], limits: Sequence[int]
