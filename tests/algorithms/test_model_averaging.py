@@ -48,6 +48,9 @@ def _init_both(ctx):
 
 
 def _finish_both(tdist) -> None:
+    # A rank whose test body needs no communication could otherwise exit while its peers are
+    # still inside Gloo's connectFullMesh, which they see as "Connection closed by peer".
+    tdist.barrier()
     _TORCH_GROUPS_KEPT.append(tdist.group.WORLD)
     tdist.destroy_process_group()
     dist.destroy_process_group()
