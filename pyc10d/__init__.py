@@ -5,7 +5,9 @@ Use it where you would use ``torch.distributed``::
     import pyc10d as dist
 """
 
-from . import data, futures, nn, torch_backend
+import sys as _sys
+
+from . import api, data, dist2, futures, nn, torch_backend
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
 from .core.errors import (
@@ -23,6 +25,11 @@ from .store import FileStore, HashStore, PrefixStore, Store, TCPStore
 
 __version__ = "0.1.0"
 
+# ``torch.distributed.distributed_c10d``'s counterpart (torch's tests reach private helpers such
+# as ``c10d._get_default_group()`` through it): the API package, importable under that name too.
+distributed_c10d = api
+_sys.modules.setdefault(f"{__name__}.distributed_c10d", api)
+
 torch_backend.register()  # torch.distributed.init_process_group("pyc10d") works from here on
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "TCPStore",
     "DistributedDataParallel",
     "data",
+    "dist2",
     "futures",
     "nn",
     "register_rendezvous_handler",

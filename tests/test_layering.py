@@ -24,6 +24,7 @@ LAYERS = {
     "collectives": 3,
     "process_group": 4,
     "api": 5,
+    "dist2": 5,
     "futures": 5,
     "nn": 6,
     "data": 6,

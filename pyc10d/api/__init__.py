@@ -5,7 +5,14 @@ from .collectives import __all__ as _collectives
 from .debug import *  # noqa: F403
 from .debug import __all__ as _debug
 from .groups import new_group, new_subgroups, new_subgroups_by_enumeration, split_group
-from .init import destroy_process_group, init_process_group
+from .init import (
+    _get_default_timeout,
+    _store_based_barrier,
+    default_pg_timeout,
+    destroy_process_group,
+    get_node_local_rank,
+    init_process_group,
+)
 from .monitored import *  # noqa: F403
 from .monitored import __all__ as _monitored
 from .objects import *  # noqa: F403
@@ -15,6 +22,8 @@ from .p2p import __all__ as _p2p
 from .state import (
     Backend,
     GroupMember,
+    _get_default_group,
+    _get_default_store,
     _rank_not_in_group,
     get_backend,
     get_global_rank,
@@ -30,11 +39,17 @@ from .state import (
 __all__ = [
     "Backend",
     "GroupMember",
+    "_get_default_group",
+    "_get_default_store",
+    "_get_default_timeout",
     "_rank_not_in_group",
+    "_store_based_barrier",
+    "default_pg_timeout",
     "destroy_process_group",
     "get_backend",
     "get_global_rank",
     "get_group_rank",
+    "get_node_local_rank",
     "get_process_group_ranks",
     "get_rank",
     "get_world_size",

@@ -3,7 +3,8 @@
 A subgroup is a ProcessGroup of its members over a store namespace of its own. Every rank of the
 default group calls ``new_group`` in the same order (as torch requires), so all agree on the
 group's name; with ``use_local_synchronization=True`` only members call, and the name comes from
-the member list. Ranks outside a group get ``GroupMember.NON_GROUP_MEMBER``.
+the member list. Ranks outside a group get ``GroupMember.NON_GROUP_MEMBER`` (torch's None when a
+non-member calls ``new_group(..., use_local_synchronization=True)``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.timeouts import to_timedelta
 from ..process_group import ProcessGroup
 from ..store import PrefixStore
 from .backends import make_group
-from .init import group_options
+from .init import _is_barrier_after_init, _store_based_barrier, group_options
 from .state import GroupInfo, GroupMember, _world, default_group, info
 
 
@@ -32,7 +34,8 @@ def _check_ranks(ranks: Sequence[int], world_size: int) -> list[int]:
 def _create(
     ranks: list[int], name: str, timeout: Any, backend: Any, pg_options: Any
 ) -> ProcessGroup | Any:
-    """Make the group on members; the non-member marker elsewhere."""
+    """Make the group on members, over ``PrefixStore("<name>/", default store)`` as in torch;
+    the non-member marker elsewhere."""
     default = default_group()
     store = _world.default_store
     me = _world.global_rank
@@ -42,16 +45,33 @@ def _create(
     options = group_options(
         timeout if timeout is not None else default.options.timeout, pg_options, name, ranks
     )
-    pg = make_group(
-        backend_name,
-        PrefixStore(f"group/{name}", store),
-        ranks.index(me),
-        len(ranks),
-        options,
-        pg_options,
-    )
-    _world.groups[pg] = GroupInfo(backend_name, ranks, name, store)
+    group_store = PrefixStore(f"{name}/", store)
+    pg = make_group(backend_name, group_store, ranks.index(me), len(ranks), options, pg_options)
+    _world.groups[pg] = GroupInfo(backend_name, ranks, name, group_store)
     return pg
+
+
+def _barrier_after_init(pg: Any, name: str, members: list[int], local: bool, timeout: Any) -> None:
+    """torch's store barrier after ``new_group`` when ``TORCH_DIST_INIT_BARRIER=1``: on the
+    group's store among its members (``use_local_synchronization``), else on the default store
+    among every rank (non-members too)."""
+    if _is_barrier_after_init() != 1:
+        return
+    default = default_group()
+    timeout = default.options.timeout if timeout is None else to_timedelta(timeout)
+    if local:
+        store, count = info(pg).store, len(members)
+    else:
+        store, count = _world.default_store, default.size()
+    _store_based_barrier(_world.global_rank, store, name, count, timeout)
+
+
+def _local_name(members: list[int]) -> str:
+    """The name of a ``use_local_synchronization`` group: its members and how many such
+    groups of the same members this rank made (they create it together, in the same order)."""
+    key = tuple(members)
+    _world.local_group_counts[key] = _world.local_group_counts.get(key, 0) + 1
+    return f"local_{'_'.join(map(str, members))}_{_world.local_group_counts[key]}"
 
 
 def new_group(
@@ -64,22 +84,27 @@ def new_group(
     device_id: Any = None,
     sort_ranks: bool = True,
 ) -> ProcessGroup | Any:
-    """A group of ``ranks`` (default: everyone); NON_GROUP_MEMBER on ranks outside it."""
+    """A group of ``ranks`` (default: everyone); NON_GROUP_MEMBER on ranks outside it.
+
+    As in torch, with ``use_local_synchronization=True`` only the members call it (and a rank
+    outside ``ranks`` that calls it gets None); with ``TORCH_DIST_INIT_BARRIER=1`` the callers
+    then wait in :func:`_store_based_barrier` (every rank, or the members when local).
+    """
     with _world.lock:
         world_size = default_group().size()
+        if use_local_synchronization and ranks is not None and _world.global_rank not in ranks:
+            return None
         members = list(range(world_size)) if ranks is None else _check_ranks(ranks, world_size)
         if sort_ranks:
             members.sort()
         if use_local_synchronization:
-            if _world.global_rank not in members:
-                return GroupMember.NON_GROUP_MEMBER
-            key = tuple(members)
-            _world.local_group_counts[key] = _world.local_group_counts.get(key, 0) + 1
-            name = f"local_{'_'.join(map(str, members))}_{_world.local_group_counts[key]}"
+            name = _local_name(members)
         else:
             _world.group_count += 1
             name = str(_world.group_count)
-        return _create(members, name, timeout, backend, pg_options)
+        pg = _create(members, name, timeout, backend, pg_options)
+    _barrier_after_init(pg, name, members, use_local_synchronization, timeout)
+    return pg
 
 
 def new_subgroups_by_enumeration(

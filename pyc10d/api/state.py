@@ -192,6 +192,25 @@ def default_group() -> ProcessGroup:
     return pg
 
 
+def _get_default_group() -> ProcessGroup:
+    """The default group (torch's private ``_get_default_group``); ValueError before init."""
+    return default_group()
+
+
+def _get_default_store() -> Store:
+    """The default group's store (torch's private ``_get_default_store``).
+
+    As in torch, ``PrefixStore("default_pg", <the rendezvous store>)``, whose timeout is the
+    ``timeout`` given to ``init_process_group`` when it made the store; torch's ValueError
+    before ``init_process_group``.
+    """
+    default_group()
+    store = _world.default_store
+    if store is None:  # pragma: no cover - set together with the default group
+        raise ValueError("the default process group has no store")
+    return store
+
+
 def is_initialized() -> bool:
     """True once ``init_process_group`` has run (and until it is destroyed)."""
     return _world.default_pg is not None
