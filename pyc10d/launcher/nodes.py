@@ -129,10 +129,32 @@ def route_address(host: str, port: int) -> str:
 
 
 def _is_this_machine(host: str) -> bool:
+    """True if ``host`` names this machine: one of its addresses, else torch's hostname test."""
+    if _is_local_address(host):
+        return True
     # torch's test (hostname, FQDN or one of this machine's addresses); private but stable
     from torch.distributed.elastic.rendezvous.utils import _matches_machine_hostname
 
-    return _matches_machine_hostname(host)
+    try:
+        return _matches_machine_hostname(host)
+    except OSError:  # this machine's own hostname resolves nowhere (no DNS, no /etc/hosts)
+        return False
+
+
+def _is_local_address(host: str) -> bool:
+    """True if ``host`` resolves to an address of this machine (one a socket can bind to)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((sockaddr[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
 
 
 class C10dNodes:

@@ -1,0 +1,1 @@
+"""Multi-host tests: ranks in network namespaces with their own addresses and hostnames."""
