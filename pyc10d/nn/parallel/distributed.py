@@ -4,31 +4,50 @@ Construction checks that every rank has the same parameters, broadcasts rank 0's
 and buffers, and builds a :class:`~pyc10d.nn.parallel.reducer.Reducer`, which averages gradients
 across ranks during backward. Each forward first broadcasts rank 0's buffers
 (``broadcast_buffers``), and afterwards tells the Reducer what to expect in the coming backward.
+
+Also as in torch: mixed precision (``mixed_precision=_MixedPrecision(...)``, see
+:mod:`.mixed_precision`), optimizers applied in backward (:mod:`.optimizer_in_backward`), buffer
+communication hooks (:mod:`.buffer_hooks`) and ``_update_process_group``.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
-from ...api.state import default_group
-from . import ddp_join
+from ...api.state import GroupMember, default_group
+from . import buffer_hooks, ddp_join
 from .autograd_graph import find_tensors, pass_through_sink
 from .bucket_assignment import BucketCapacity, compute_bucket_assignment_by_size
+from .buffer_hooks import _BufferCommHook, _BufferCommHookLocation
 from .comm_hook_plumbing import check_comm_hook
 from .join import Join, Joinable, JoinHook
 from .logging_data import ddp_logging_data
+from .mixed_precision import MixedPrecisionState, _MixedPrecision, cast_forward_inputs
 from .module_sync import (
     broadcast_coalesced,
     sync_module_states,
     verify_param_shape_across_processes,
 )
+from .optimizer_in_backward import setup_in_backward_optimizers
 from .reducer import Reducer
+
+__all__ = [
+    "DistributedDataParallel",
+    "_BufferCommHook",
+    "_BufferCommHookLocation",
+    "_MixedPrecision",
+]
+
+logger = logging.getLogger(__name__)
 
 BROADCAST_BUCKET_SIZE = 250 * 1024 * 1024  # torch's broadcast_bucket_size
 
@@ -38,8 +57,10 @@ class DistributedDataParallel(nn.Module, Joinable):
 
     Mirrors ``torch.nn.parallel.DistributedDataParallel`` for CPU modules: the same arguments
     (``device_ids`` and ``output_device`` must stay None on CPU, as in torch), ``no_sync()``,
-    ``register_comm_hook``, ``join()``, unused-parameter detection, static graphs and
-    ``gradient_as_bucket_view``. The wrapped module is ``self.module``, so ``state_dict()`` keys
+    ``register_comm_hook``, ``join()``, unused-parameter detection, static graphs,
+    ``gradient_as_bucket_view``, ``mixed_precision`` (torch's experimental ``_MixedPrecision``),
+    optimizers applied in backward, ``_register_buffer_comm_hook`` and
+    ``_update_process_group``. The wrapped module is ``self.module``, so ``state_dict()`` keys
     start with ``"module."``.
     """
 
@@ -70,7 +91,6 @@ class DistributedDataParallel(nn.Module, Joinable):
         _reject_unsupported(
             delay_all_reduce_named_params=delay_all_reduce_named_params,
             param_to_hook_all_reduce=param_to_hook_all_reduce,
-            mixed_precision=mixed_precision,
             device_mesh=device_mesh,
             skip_all_reduce_unused_params=skip_all_reduce_unused_params or None,
         )
@@ -140,8 +160,14 @@ class DistributedDataParallel(nn.Module, Joinable):
         self._ddp_sink_clone = True
         self._divide_by_initial_world_size = True
         self._uneven_input_join = False
+        self.mixed_precision = mixed_precision
+        self._mp_state: MixedPrecisionState | None = None
+        if mixed_precision is not None:
+            logger.info("Received mixed precision config %s", mixed_precision)
+            self._mp_state = MixedPrecisionState.setup(self, mixed_precision)
         if static_graph:
             self._set_static_graph()
+        self._lazy_init_ran = False
 
     # -- construction helpers -------------------------------------------------------------------
     def _check_devices(self, device_ids: Any, output_device: Any) -> None:
@@ -227,17 +253,33 @@ class DistributedDataParallel(nn.Module, Joinable):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
-        """Run the module, syncing buffers before and preparing the gradient reduction after."""
-        inputs, kwargs = self._pre_forward(*inputs, **kwargs)
-        previous = DistributedDataParallel._active_ddp_module
-        DistributedDataParallel._active_ddp_module = self
-        try:
-            output = self.module(*inputs, **kwargs)
-        finally:
-            DistributedDataParallel._active_ddp_module = previous
-        return self._post_forward(output)
+        """Run the module, syncing buffers before and preparing the gradient reduction after.
+
+        Recorded by the profiler as ``DistributedDataParallel.forward``, as torch's is.
+        """
+        with record_function("DistributedDataParallel.forward"):
+            inputs, kwargs = self._pre_forward(*inputs, **kwargs)
+            previous = DistributedDataParallel._active_ddp_module
+            DistributedDataParallel._active_ddp_module = self
+            try:
+                output = self.module(*inputs, **kwargs)
+            finally:
+                DistributedDataParallel._active_ddp_module = previous
+            return self._post_forward(output)
+
+    def _lazy_init(self) -> None:
+        """Before the first forward: take over in-backward optimizers (torch's _lazy_init)."""
+        self._setup_in_backward_optimizers()
+        self._lazy_init_ran = True
+
+    def _setup_in_backward_optimizers(self) -> None:
+        """Run optimizers applied with ``_apply_optimizer_in_backward`` after each bucket's
+        average (see :mod:`.optimizer_in_backward`)."""
+        setup_in_backward_optimizers(self)
 
     def _pre_forward(self, *inputs: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        if not self._lazy_init_ran:
+            self._lazy_init()
         if torch.is_grad_enabled() and self.require_backward_grad_sync:
             self.reducer.prepare_for_forward()
         work = Join.notify_join_context(self)
@@ -245,13 +287,20 @@ class DistributedDataParallel(nn.Module, Joinable):
             self.reducer._set_forward_pass_work_handle(work, self._divide_by_initial_world_size)
         if torch.is_grad_enabled() and self.reducer._rebuild_buckets():
             self._has_rebuilt_buckets = True
-        if self.will_sync_module_buffers():
+        if self._check_sync_bufs_pre_fwd():
             self._sync_buffers()
         if self._join_config.enable:
             ddp_join.check_global_requires_backward_grad_sync(self, is_joined_rank=False)
+        if self._mp_state is not None:
+            self._mp_state.pre_forward()
+            inputs, kwargs = cast_forward_inputs(self._mp_state.param_dtype, inputs, kwargs)
         return inputs, kwargs
 
     def _post_forward(self, output: Any) -> Any:
+        if self._check_sync_bufs_post_fwd():
+            self._sync_buffers()
+        if self._mp_state is not None and not torch.is_grad_enabled():
+            self._mp_state.restore()  # no backward will: full precision outside forward
         if torch.is_grad_enabled() and self.require_backward_grad_sync:
             self.require_forward_param_sync = True
             if self.find_unused_parameters and not self.static_graph:
@@ -275,6 +324,19 @@ class DistributedDataParallel(nn.Module, Joinable):
             and len(self.modules_buffers) > 0
         )
 
+    def _check_sync_bufs_pre_fwd(self) -> bool:
+        """Sync buffers before the forward: no buffer hook, or one registered PRE_FORWARD."""
+        return self.will_sync_module_buffers() and buffer_hooks.hook_location(self) in (
+            None,
+            "PRE_FORWARD",
+        )
+
+    def _check_sync_bufs_post_fwd(self) -> bool:
+        """Sync buffers after the forward: a buffer hook registered POST_FORWARD."""
+        return (
+            self.will_sync_module_buffers() and buffer_hooks.hook_location(self) == "POST_FORWARD"
+        )
+
     def _sync_buffers(self) -> None:
         with torch.no_grad():
             if self._join_config.enable:
@@ -283,12 +345,50 @@ class DistributedDataParallel(nn.Module, Joinable):
                 authoritative_rank = 0
             self._assign_modules_buffers()
             with torch.autograd._unsafe_preserve_version_counter(tuple(self.modules_buffers)):
-                broadcast_coalesced(
-                    self.process_group,
-                    self.modules_buffers,
-                    self.broadcast_bucket_size,
-                    authoritative_rank,
-                )
+                self._sync_module_buffers(authoritative_rank)
+
+    def _sync_module_buffers(self, authoritative_rank: int) -> None:
+        if getattr(self, "buffer_hook", None) is not None:
+            buffer_hooks.run_buffer_hook(self)
+            return
+        self._default_broadcast_coalesced(authoritative_rank=authoritative_rank)
+
+    def _default_broadcast_coalesced(
+        self,
+        bufs: list[torch.Tensor] | None = None,
+        bucket_size: int | None = None,
+        authoritative_rank: int = 0,
+    ) -> None:
+        """Broadcast ``bufs`` (default: the module's buffers) from ``authoritative_rank`` in
+        buckets of ``bucket_size`` bytes (default ``broadcast_bucket_size``); what buffer hooks
+        can call to get DDP's default sync (torch's same-named method)."""
+        if bufs is None:
+            bufs = self.modules_buffers
+        if bucket_size is None:
+            bucket_size = self.broadcast_bucket_size
+        self._distributed_broadcast_coalesced(bufs, bucket_size, authoritative_rank)
+
+    def _distributed_broadcast_coalesced(
+        self, tensors: list[torch.Tensor], buffer_size: int, authoritative_rank: int = 0
+    ) -> None:
+        """Broadcast ``tensors`` over DDP's group, coalesced into ``buffer_size``-byte buckets."""
+        broadcast_coalesced(self.process_group, tensors, buffer_size, authoritative_rank)
+
+    def _register_buffer_comm_hook(
+        self,
+        state: Any,
+        hook: Callable,
+        comm_hook_location: Any = _BufferCommHookLocation.POST_FORWARD,
+    ) -> None:
+        """Sync buffers with ``hook(state, named_buffers)`` instead of broadcasting rank 0's.
+
+        ``named_buffers`` maps buffer names to the buffers. ``comm_hook_location`` is
+        ``_BufferCommHookLocation.PRE_FORWARD`` or ``POST_FORWARD`` (default; torch's members
+        work too). The hook may return a list of futures, which DDP awaits at the end of the
+        next backward. As in torch, it replaces the broadcast only where one would happen
+        (``broadcast_buffers=True``), and a non-callable hook raises AssertionError.
+        """
+        self.buffer_hook = buffer_hooks.make_buffer_hook(state, hook, comm_hook_location)
 
     @property
     def _distributed_rank(self) -> int:
@@ -323,6 +423,25 @@ class DistributedDataParallel(nn.Module, Joinable):
                 "will not change during training loop while calling `_set_static_graph`.",
                 stacklevel=2,
             )
+
+    def _update_process_group(self, new_process_group: Any) -> None:
+        """Reduce over ``new_process_group`` from now on (torch's private API to shrink or grow
+        the world without a new DDP).
+
+        Forgets an unfinished iteration (say, one whose backward raised) and rebuilds the
+        buckets again after the next iteration. On ranks outside the new group (which got
+        ``GroupMember.NON_GROUP_MEMBER`` from ``new_group``) only that reset happens; None means
+        the default group. Hooks registered with ``register_comm_hook`` keep the group they
+        were given.
+        """
+        self._has_rebuilt_buckets = False
+        self.reducer._reset_state()
+        if new_process_group is GroupMember.NON_GROUP_MEMBER:
+            return
+        if new_process_group is None:
+            new_process_group = default_group()
+        self.process_group = new_process_group
+        self.reducer._update_process_group(new_process_group)
 
     def _set_ddp_sink_clone(self, val: bool) -> None:
         """Whether outputs are cloned on their way through the DDP sink (default True)."""
@@ -375,11 +494,17 @@ class DistributedDataParallel(nn.Module, Joinable):
 
     # -- pickling ---------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        """Everything but the process group and the Reducer (default group only, as in torch)."""
+        """Everything but the process group and the Reducer (default group only, as in torch);
+        the hooks of mixed precision and in-backward optimizers are set up again on load."""
         self._check_default_group()
         attrs = dict(self.__dict__)
-        for name in ("process_group", "reducer", "_reducer_params"):
+        for name in ("process_group", "reducer", "_reducer_params", "_mp_state"):
             attrs.pop(name, None)
+        attrs["_comm_hooks"] = [
+            (hook, state)
+            for hook, state in attrs.get("_comm_hooks", [])
+            if not isinstance(state, (MixedPrecisionState, weakref.ref))
+        ]
         return attrs
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -393,6 +518,10 @@ class DistributedDataParallel(nn.Module, Joinable):
         self._ddp_init_helper(parameters, expect_sparse_gradient, names, self.static_graph)
         self._comm_hook_name = None
         self._has_rebuilt_buckets = False
+        self._lazy_init_ran = False
+        self._mp_state = None
+        if self.__dict__.get("mixed_precision") is not None:
+            self._mp_state = MixedPrecisionState.setup(self, self.mixed_precision)
         if self.static_graph:
             self.reducer._set_static_graph()
             self._static_graph_delay_allreduce_enqueued = False

@@ -21,11 +21,12 @@ import functools
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.autograd import Variable
+from torch.autograd.profiler import record_function
 
 from ...api.debug import DebugLevel, get_debug_level
 from ...process_group import ProcessGroup
@@ -105,6 +106,14 @@ class Reducer:
         # join: the allreduce telling how many ranks still have inputs
         self._forward_work: tuple[Any, bool] | None = None
         self.stats = ReducerStats()
+        # mixed precision: the dtype of the buckets (the parameters' low-precision dtype)
+        self._mp_param_dtype: torch.dtype | None = None
+        # optimizers in backward: their parameters' .grad is left alone at the end
+        self._optim_in_backward = False
+        # run at the start of _finalize_backward (mixed precision restores full precision)
+        self._finalize_hooks: list[Callable[[], None]] = []
+        # futures a buffer communication hook asked to be awaited at the end of backward
+        self._installed_futures: list[torch.futures.Future] = []
         self._buckets: list[Bucket] = []
         self._locators: list[tuple[int, int]] = []
         self._initialize_buckets(bucket_indices, per_bucket_size_limits)
@@ -117,11 +126,11 @@ class Reducer:
         self, bucket_indices: Sequence[Sequence[int]], size_limits: Sequence[int]
     ) -> None:
         self._buckets, self._locators = build_buckets(
-            self._params, bucket_indices, size_limits, self._expect_sparse
+            self._params, bucket_indices, size_limits, self._expect_sparse, self._mp_param_dtype
         )
         self.stats.bucket_sizes = [b.nbytes() for b in self._buckets]
         self.stats.bucket_indices = [list(b.variable_indices) for b in self._buckets]
-        if not self._gradient_as_bucket_view:
+        if not self._gradient_as_bucket_view or self._mp_param_dtype is not None:
             return
         with torch.no_grad():  # existing gradients move into the new buffers
             for bucket in self._buckets:
@@ -147,6 +156,63 @@ class Reducer:
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles.clear()
+
+    def _refresh_autograd_hooks(self) -> None:
+        """Hook the parameters' current gradient accumulators instead of the previous ones.
+
+        Changing a parameter's dtype through ``.data`` gives it a new accumulator, so mixed
+        precision calls this before each forward (torch hooks the low-precision accumulators
+        in a pre-forward hook of each module, ``_module_wait_for_copy_hook``).
+        """
+        self._remove_autograd_hooks()
+        self._grad_accumulators = []
+        self._register_autograd_hooks()
+
+    def _set_mixed_precision_param_dtype(self, dtype: torch.dtype | None) -> None:
+        """Gradients arrive in ``dtype``: rebuild the buckets' buffers in it (as rebuilding
+        the buckets later will). ``None`` keeps the parameters' dtypes."""
+        if dtype is None:
+            return
+        self._mp_param_dtype = dtype
+        self._initialize_buckets(self.bucket_indices(), [b.size_limit for b in self._buckets])
+
+    def _set_optimizer_in_backward(self) -> None:
+        """Leave ``.grad`` of parameters with in-backward optimizers to their hook."""
+        self._optim_in_backward = True
+
+    def _install_post_backward_futures(self, futures: Sequence[torch.futures.Future]) -> None:
+        """Await ``futures`` at the end of the coming backward (a buffer hook's futures)."""
+        futures = [futures] if isinstance(futures, torch._C.Future) else futures
+        if not isinstance(futures, (list, tuple)) or not all(
+            isinstance(f, torch._C.Future) for f in futures
+        ):
+            raise TypeError(
+                "_install_post_backward_futures(): expected a list of torch.futures.Future, "
+                f"got {type(futures).__name__}"
+            )
+        self._installed_futures.extend(futures)
+
+    def _reset_state(self) -> None:
+        """Forget an unfinished iteration (say, one whose backward raised) and rebuild the
+        buckets again (torch's ``Reducer::reset_state``, used by ``_update_process_group``)."""
+        self._has_rebuilt_buckets = False
+        self._rebuilt_param_indices = []
+        self._expect_autograd_hooks = False
+        self._require_finalize = False
+        self._div_factor = UNSET_DIV_FACTOR
+        if self._find_unused:
+            self._local_used_map.zero_()
+            self._local_used_reduced = False
+        # The aborted iteration's allreduces may still be running on the buckets and the
+        # bitmap: the next iteration gets fresh ones (torch reuses them, so the late sum can
+        # land on the next iteration's gradients, which then come out doubled).
+        self._initialize_buckets(self.bucket_indices(), [b.size_limit for b in self._buckets])
+        self._local_used_map_dev = torch.zeros_like(self._local_used_map_dev)
+        self._local_used_work = None
+
+    def _update_process_group(self, new_process_group: ProcessGroup) -> None:
+        """Reduce over ``new_process_group`` from now on."""
+        self.process_group = new_process_group
 
     def _set_static_graph(self) -> None:
         """Treat the graph as static (must be set before the first iteration)."""
@@ -205,7 +271,8 @@ class Reducer:
     def _search_unused_parameters(self, outputs: Sequence[torch.Tensor]) -> list[int]:
         from .autograd_graph import reachable_nodes
 
-        seen = reachable_nodes(outputs)
+        with record_function("torch.distributed.ddp.reducer::search_unused_parameters"):
+            seen = reachable_nodes(outputs)
         unused = [i for i, acc in enumerate(self._grad_accumulators) if acc not in seen]
         if not unused and not Reducer._warned_no_unused:
             Reducer._warned_no_unused = True
@@ -301,7 +368,7 @@ class Reducer:
             torch.mul(grad, 1.0 / self._div_factor, out=view)
         else:
             view.copy_(grad)
-        if self._gradient_as_bucket_view:
+        if self._gradient_as_bucket_view and self._mp_param_dtype is None:
             param.grad = view
 
     def _mark_sparse_ready(self, index: int) -> None:
@@ -348,6 +415,11 @@ class Reducer:
         )
         bucket.future = self._run_comm_hook(grad_bucket)
 
+    def _run_allreduce_hook(self, grad_bucket: GradBucket) -> torch.futures.Future:
+        """Start a SUM allreduce of the bucket's buffer, undivided (what torch's Python hooks
+        for mixed precision and in-backward optimizers build on)."""
+        return allreduce_by_sum(self.process_group, grad_bucket)
+
     def _run_comm_hook(self, grad_bucket: GradBucket) -> torch.futures.Future:
         """Reduce one bucket: the registered hook, or allreduce SUM (grads are pre-divided)."""
         if self._comm_hook is None:
@@ -385,6 +457,8 @@ class Reducer:
     def _finalize_backward(self) -> None:
         self._expect_autograd_hooks = False
         self._require_finalize = False
+        for hook in self._finalize_hooks:
+            hook()
         with torch.no_grad():
             for bucket in self._buckets:
                 if bucket.future is None:
@@ -403,6 +477,7 @@ class Reducer:
                 self._div_factor = UNSET_DIV_FACTOR
                 if not bucket.expect_sparse_gradient:
                     self._finalize_bucket_dense(bucket)
+        self._wait_installed_futures()
         tracks_use = self._dynamic_graph_find_unused() or self._static_graph_first_iteration()
         if tracks_use and not self._local_used_reduced and self._local_used_work is not None:
             self._local_used_work.wait()
@@ -411,6 +486,11 @@ class Reducer:
             self._local_used_reduced = False
         self._forward_work = None
         self.stats.finish_backward(self._grad_ready_order)
+
+    def _wait_installed_futures(self) -> None:
+        futures, self._installed_futures = self._installed_futures, []
+        for future in futures:
+            future.wait()  # re-raises a failed collective's error
 
     def _globally_unused(self, index: int) -> bool:
         if not (self._static_graph or self._find_unused):
@@ -424,25 +504,27 @@ class Reducer:
         return int(self._local_used_map[index]) == 0
 
     def _finalize_bucket_dense(self, bucket: Bucket) -> None:
+        # with mixed precision .grad is full precision: never a view of the low-precision bucket
+        as_view = self._gradient_as_bucket_view and self._mp_param_dtype is None
         for k, index in enumerate(bucket.variable_indices):
             param = self._params[index]
             global_unused = self._globally_unused(index)
             view_in, view_out = bucket.views_in[k], bucket.views_out[k]
-            if not self._gradient_as_bucket_view:
-                if global_unused:
-                    continue  # its .grad stays untouched, as in torch
+            if as_view and not same_storage(view_in, view_out):
+                view_in.copy_(view_out)
+            if global_unused or self._stepped_in_backward(param):
+                continue  # its .grad stays untouched, as in torch
+            if not as_view:
                 if param.grad is None:
                     param.grad = torch.empty_like(param, memory_format=torch.preserve_format)
                 param.grad.copy_(view_out)
-                continue
-            if not same_storage(view_in, view_out):
-                view_in.copy_(view_out)
-            if global_unused:
-                continue
-            if param.grad is None:
+            elif param.grad is None:
                 param.grad = view_in
             elif not same_storage(param.grad, view_in):
                 raise self._error(msg.NOT_BUCKET_VIEW)
+
+    def _stepped_in_backward(self, param: torch.Tensor) -> bool:
+        return self._optim_in_backward and hasattr(param, "_in_backward_optimizers")
 
     # -- checks and rebuilding --------------------------------------------------------------------
     def _ensure_prior_reduction_finished(self) -> None:

@@ -65,8 +65,11 @@ def build_buckets(
     bucket_indices: Sequence[Sequence[int]],
     size_limits: Sequence[int],
     expect_sparse_gradient: Sequence[bool],
+    buffer_dtype: torch.dtype | None = None,
 ) -> tuple[list[Bucket], list[tuple[int, int]]]:
     """Buckets for ``bucket_indices`` (bucket i holds ``params[j]`` for j in the i-th list).
+
+    The flat buffers have the parameters' dtype, or ``buffer_dtype`` if given (mixed precision).
 
     Returns the buckets and, per parameter, its locator ``(bucket index, index in bucket)``.
     RuntimeError (torch's texts) for a bucket mixing dtypes or devices, or a sparse bucket with
@@ -91,7 +94,7 @@ def build_buckets(
         bucket = Bucket(b, list(indices), members, offsets, lengths, limit, sparse)
         if not sparse:
             bucket.buffer = torch.zeros(
-                sum(lengths), dtype=members[0].dtype, device=members[0].device
+                sum(lengths), dtype=buffer_dtype or members[0].dtype, device=members[0].device
             )
             bucket.views_in = [
                 bucket.buffer[offset : offset + length].view(p.shape)
