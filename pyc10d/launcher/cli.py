@@ -20,6 +20,7 @@ from torch.distributed.elastic.rendezvous.utils import (
     parse_rendezvous_endpoint,
 )
 
+from ..core.auth import KEY_ENV, KEY_VARIABLES, load_key, new_key
 from .config import DEFAULT_C10D_PORT, DEFAULT_MASTER_PORT, LaunchConfig, RdzvSettings
 from .logs import LogSpec, Std, parse_std
 from .supervisor import run
@@ -182,9 +183,16 @@ def _add_lifecycle_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_job_flags(parser: argparse.ArgumentParser) -> None:
-    """The workers' role name."""
+    """The workers' role name, and authentication."""
     add = parser.add_argument
     add("--role", action=env, default="default", help="Role name of the workers.")
+    add(
+        "--auth",
+        action=check_env,
+        help="Not in torchrun: the workers' TCPStore and TCP connections must prove they know a "
+        f"shared key (HMAC challenge-response). Uses {KEY_VARIABLES} if set (it must be, with "
+        f"several nodes); else a fresh key per job, given to the workers as {KEY_ENV}.",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -385,6 +393,24 @@ def _master(
     return args.master_addr, port
 
 
+def _auth_env(parser: argparse.ArgumentParser, args: argparse.Namespace, nnodes: int) -> dict:
+    """--auth: the key variable the workers get (none when the environment already has one)."""
+    if not args.auth:
+        return {}
+    try:
+        key = load_key()
+    except ValueError as exc:
+        parser.error(f"--auth: {exc}")
+    if key is not None:
+        return {}  # the workers inherit it
+    if nnodes > 1:
+        parser.error(
+            f"--auth with several nodes needs the same key on every node: set {KEY_VARIABLES} "
+            "for each node's pyc10d-run (a key is only made up for single-node jobs)"
+        )
+    return {KEY_ENV: new_key()}
+
+
 def parse_config(argv: Sequence[str] | None = None) -> LaunchConfig:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a :class:`LaunchConfig`; exit 2 if bad."""
     parser = build_parser()
@@ -394,7 +420,7 @@ def parse_config(argv: Sequence[str] | None = None) -> LaunchConfig:
     rdzv = _rendezvous(parser, args, nodes)
     _check_policies(parser, args)
     master_addr, port = _master(parser, args, rdzv, nodes[1])
-    extra_env = {}
+    extra_env = _auth_env(parser, args, nodes[1])
     if "OMP_NUM_THREADS" not in os.environ and nproc > 1:
         extra_env["OMP_NUM_THREADS"] = "1"
     return LaunchConfig(

@@ -20,13 +20,25 @@ import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 
+from ..core.auth import AuthenticationError, UnexpectedReply, client_handshake, load_key
 from ..core.errors import DistNetworkError, DistStoreError, QueueEmptyError
 from ..core.timeouts import Deadline, TimeoutLike, format_ms
 from .base import Store, ValueLike, check_key, check_keys, timeout_error, to_bytes
 from .table import INTERNAL_PREFIX
 from .tcp.connection import ClientConnection
 from .tcp.join import JoinSpec, join, progress_clock, progress_interval
-from .tcp.protocol import NO_TIMEOUT, Op, Status, encode
+from .tcp.protocol import (
+    AUTH_CONTEXT,
+    NO_TIMEOUT,
+    Op,
+    ProtocolError,
+    Status,
+    decode,
+    encode,
+    frame_size,
+    max_frame,
+    too_large_message,
+)
 from .tcp.server import StoreServer
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,7 @@ JOIN_PREFIX = INTERNAL_PREFIX + "tcpstore/"  # keys of wait_for_workers (see tcp
 WORKERS_KEY = JOIN_PREFIX + "num_workers"
 WORKERS_READY_KEY = JOIN_PREFIX + "workers_ready"
 REPLY_GRACE_S = 10.0  # extra time a client gives the server to answer a server-timed wait
+REFUSAL_MAX = 1 << 16  # the longest error frame read from a server that refused a handshake
 
 
 class _SharedServers:
@@ -125,11 +138,53 @@ def _connect(host: str, port: int, seconds: float) -> socket.socket:
             delay = min(delay * 2, 0.5)
 
 
+def _read_refusal(sock: socket.socket, head: bytes) -> str:
+    """The message of the store ERROR frame starting with ``head`` (a server that answered the
+    authentication hello in the store protocol: it refused the connection)."""
+    buf = bytearray(head)
+    try:
+        while len(buf) < 4 or len(buf) < min(frame_size(buf), REFUSAL_MAX):
+            chunk = sock.recv(REFUSAL_MAX)
+            if not chunk:
+                break
+            buf += chunk
+        reply = decode(bytes(buf), 0)
+    except (OSError, ProtocolError):
+        reply = None
+    if reply is not None and reply[1] == Status.ERROR and reply[3]:
+        return reply[3][0].decode(errors="replace")
+    return f"it answered {bytes(buf[:16])!r}..., not a pyc10d TCPStore server?"
+
+
+def _authenticate(sock: socket.socket, key: bytes, where: str, seconds: float) -> None:
+    """Prove to the server at ``where`` that this client knows ``key``, and check its proof."""
+    what = f"the TCPStore server at {where}"
+    sock.settimeout(seconds if seconds > 0 else None)
+    try:
+        client_handshake(sock, key, AUTH_CONTEXT, what)
+    except UnexpectedReply as exc:
+        raise AuthenticationError(
+            f"TCPStore client could not authenticate to {what}: {_read_refusal(sock, exc.data)}"
+        ) from None
+    except AuthenticationError:
+        raise
+    except OSError as exc:
+        raise AuthenticationError(
+            f"TCPStore client could not authenticate to {what}: {exc or type(exc).__name__}"
+        ) from None
+
+
 class TCPStore(Store):
     """A key-value store served over TCP (torch.distributed.TCPStore).
 
     ``world_size`` with ``wait_for_workers`` makes the master wait until that many instances
     (itself included) have connected. ``multi_tenant`` masters in one process share a server.
+
+    With a key (``PYC10D_AUTH_KEY`` or ``PYC10D_AUTH_KEY_FILE``, see :mod:`pyc10d.core.auth`),
+    the master's server only serves clients that prove they know it, and every client proves it
+    (and checks the server's proof) right after connecting; a failure raises
+    :class:`~pyc10d.core.auth.AuthenticationError`. Requests larger than
+    ``PYC10D_STORE_MAX_FRAME`` (64 MiB) are refused before they are sent.
     """
 
     def __init__(
@@ -156,14 +211,22 @@ class TCPStore(Store):
         self.host = host_name
         self.world_size = None if world_size == -1 else world_size
         self._lock = threading.Lock()
+        self._max_frame = max_frame()
+        key = load_key()
         server = _servers.acquire(port, multi_tenant, master_listen_fd) if is_master else None
         self._resources = _Resources(server)
         self._finalizer = weakref.finalize(self, self._resources.release)
         self.port: int = server.port if server is not None else port
         try:
-            self._resources.conn = ClientConnection(
-                _connect(host_name, self.port, self.timeout.total_seconds())
-            )
+            sock = _connect(host_name, self.port, self.timeout.total_seconds())
+            try:
+                if key is not None:
+                    where = f"{host_name}:{self.port}"
+                    _authenticate(sock, key, where, self.timeout.total_seconds())
+            except BaseException:
+                sock.close()
+                raise
+            self._resources.conn = ClientConnection(sock)
             if self.world_size is not None and wait_for_workers:
                 self._join(is_master)
         except BaseException:
@@ -211,6 +274,8 @@ class TCPStore(Store):
 
     def _exchange(self, frame: bytes, reply_wait_s: float | None, want_reply: bool):
         """Send ``frame`` and, if ``want_reply``, return the reply; errors close the connection."""
+        if len(frame) - 4 > self._max_frame:
+            raise DistStoreError(too_large_message(len(frame) - 4, self._max_frame, "client"))
         with self._lock:
             conn = self._resources.conn
             if conn is None:
@@ -225,7 +290,10 @@ class TCPStore(Store):
                     f"{self.host}:{self.port} to answer"
                 ) from None
             except (OSError, ValueError) as exc:
+                refusal = conn.pending_error() if isinstance(exc, OSError) else None
                 self._resources.release()
+                if refusal is not None:
+                    raise DistStoreError(f"TCPStore server error: {refusal}") from None
                 raise DistNetworkError(
                     f"TCPStore lost its connection to the server at {self.host}:{self.port}: {exc}"
                 ) from exc

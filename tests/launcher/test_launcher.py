@@ -193,6 +193,21 @@ def test_real_rendezvous_through_the_launcher(out):
     assert found == {f"rank{r}.json": {"world": 2, "sum": 3.0} for r in range(2)}
 
 
+def test_auth_gives_workers_one_fresh_key_and_their_store_refuses_strangers(out, monkeypatch):
+    monkeypatch.delenv("PYC10D_AUTH_KEY", raising=False)
+    monkeypatch.delenv("PYC10D_AUTH_KEY_FILE", raising=False)
+    script = str(SCRIPTS / "launch_auth.py")
+    argv = ["--nproc-per-node", "2", "--auth", "--timeout", "40", *FAST, script, str(out)]
+    assert main(argv) == 0
+    found = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    assert [r["sum"] for r in found] == [3.0, 3.0]
+    assert found[0]["key"] is not None and found[0]["key"] == found[1]["key"]
+    assert all("authentication required" in r["refused"] for r in found), found
+    assert "PYC10D_AUTH_KEY" not in os.environ  # made for the workers, not kept here
+    with pytest.raises(SystemExit):  # several nodes cannot agree on a made-up key
+        parse_config(["--nnodes", "2", "--auth", script])
+
+
 def _read_until(proc: subprocess.Popen, needle: str, timeout: float) -> str:
     """Read the launcher's stdout until ``needle`` shows up (the workers still running)."""
     assert proc.stdout is not None

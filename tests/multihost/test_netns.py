@@ -234,11 +234,6 @@ def test_launcher_c10d_without_name_resolution(netns_hosts: Topology) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyc10d's host identity (hostname/boot id) ignores the network namespace, so it "
-    "tries its shared-memory arena, whose doorbells (abstract UNIX sockets) are per namespace",
-)
 def test_same_hostname_other_network_namespace(netns_hosts: Topology) -> None:
     """Namespaces that share a hostname (and, as always, the boot id) but not a network
     namespace: pyc10d must not treat them as one host (e.g. containers with --uts=host)."""

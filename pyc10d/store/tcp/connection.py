@@ -13,7 +13,7 @@ import select
 import socket
 import time
 
-from .protocol import ProtocolError, decode, frame_size
+from .protocol import ProtocolError, Status, decode, frame_size
 
 SPIN_MAX = 48  # non-blocking recv attempts before blocking in poll (~50 µs)
 SPIN_PROBE = 8  # spin tried again after this many replies that needed no spin budget
@@ -38,6 +38,25 @@ class ClientConnection:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+    def pending_error(self) -> str | None:
+        """After a failed send: the message of an ERROR reply the server sent before it hung
+        up (e.g. naming a limit the request broke), if one arrived whole."""
+        buf = self._inbuf
+        try:
+            while size := self.sock.recv_into(self._chunk):
+                buf += self._chunk_view[:size]
+        except OSError:
+            pass
+        if len(buf) < 4 or len(buf) < frame_size(buf):
+            return None
+        try:
+            reply = decode(bytes(buf[: frame_size(buf)]), 0)
+        except ProtocolError:
+            return None
+        if reply is None or reply[1] != Status.ERROR or not reply[3]:
+            return None
+        return reply[3][0].decode(errors="replace")
 
     @staticmethod
     def _wait(poller: select.poll, deadline: float, seconds: float) -> None:

@@ -1,8 +1,24 @@
-"""The TCPStore server: one background thread, a ``selectors`` event loop, any number of clients.
+"""The TCPStore server: one background thread, an epoll event loop, any number of clients.
 
 Blocking requests (GET, WAIT, MULTI_GET, blocking QUEUE_POP) never block the loop: they park a
-``Waiter`` that is answered when its keys appear or its deadline passes. A connection that sends
-an invalid frame, or closes mid-frame, is dropped; everyone else keeps being served.
+``Waiter`` that is answered when its keys appear or its deadline passes; a client that
+disconnects takes its parked requests with it. A connection that sends an invalid frame, or
+closes mid-frame, is dropped; everyone else keeps being served.
+
+Limits (:class:`ServerLimits`, read from the environment when the server starts): a request
+frame over ``PYC10D_STORE_MAX_FRAME`` bytes is answered with an ERROR naming the limit, and the
+connection dropped; past ``PYC10D_STORE_MAX_CONNECTIONS`` connections a new one is refused the
+same way; a connection is not read from while more than ``out_pause`` bytes of its replies are
+unsent (a client that sends requests but never reads cannot grow the server's memory).
+
+With a key (:mod:`pyc10d.core.auth`), every connection must pass the challenge-response before
+its first request is read; one that fails, sends something else, or stays silent for
+``AUTH_TIMEOUT_S``, is logged with its address and dropped. Without a key, a client that tries
+to authenticate is told that this server has none.
+
+A dropped connection first gets its error reply, then lingers (writes shut down, input thrown
+away) until the client closes or ``LINGER_S`` pass, so that closing does not reset the reply
+away before the client has read it.
 """
 
 from __future__ import annotations
@@ -19,14 +35,48 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
+from ...core.auth import (
+    KEY_VARIABLES,
+    NO_AUTH_REPLY,
+    HandshakeFailed,
+    ServerHandshake,
+    hello_state,
+    load_key,
+)
 from ...core.errors import DistNetworkError
 from ..table import KeyValueTable
-from .protocol import NO_TIMEOUT, Op, ProtocolError, Status, decode, encode, frame_size
+from .protocol import (
+    AUTH_CONTEXT,
+    FRAME_LIMIT,
+    NO_TIMEOUT,
+    FrameTooLarge,
+    Op,
+    ProtocolError,
+    Status,
+    decode,
+    encode,
+    frame_size,
+    max_frame,
+    too_large_message,
+)
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 1 << 16
+MAX_CONNECTIONS_ENV = "PYC10D_STORE_MAX_CONNECTIONS"
+DEFAULT_MAX_CONNECTIONS = 16384
+OUT_PAUSE = 8 << 20  # unsent reply bytes at which a connection stops being read
+AUTH_TIMEOUT_S = 10.0  # how long a new connection may take to authenticate (with a key)
+LINGER_S = 5.0  # how long a dropped connection waits for its client to read the error
+MAX_LINGERING = 64  # past this many lingering connections, drop new ones at once
+COMPACT_MIN = 1024  # answered waiters left in the timer heap before it is rebuilt without them
+AUTH_REQUIRED = (
+    f"authentication required: this TCPStore server has a key; set {KEY_VARIABLES} to the "
+    "job's key on this process"
+)
 SPIN_POLLS = 16  # zero-timeout polls after activity before the loop blocks (~30 µs)
 SPIN_PROBE = 8  # with spinning switched off, try it again after this many blocking waits
 
@@ -83,10 +133,72 @@ def _spin_before_blocking(spin: int, idle_polls: int, blocked: int) -> tuple[int
     return spin, blocked
 
 
-class _Connection:
-    """One client's socket and buffers."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the server: the request frame size, the connection count, and
+    the unsent reply bytes at which a connection stops being read."""
 
-    __slots__ = ("closed", "inbuf", "needed", "outbuf", "peer", "sock")
+    max_frame: int
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    out_pause: int = OUT_PAUSE
+
+    @classmethod
+    def from_env(cls) -> ServerLimits:
+        """``PYC10D_STORE_MAX_FRAME`` and ``PYC10D_STORE_MAX_CONNECTIONS``, or the defaults."""
+        text = os.environ.get(MAX_CONNECTIONS_ENV, "").strip()
+        connections = DEFAULT_MAX_CONNECTIONS
+        if text:
+            try:
+                connections = int(text)
+            except ValueError:
+                connections = 0
+            if connections < 1:
+                raise ValueError(f"{MAX_CONNECTIONS_ENV} must be a positive int, got {text!r}")
+        return cls(max_frame(), connections)
+
+
+class _SniffGate:
+    """No key: a connection's first bytes, held until they show they are no auth HELLO."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head = b""
+
+
+class _AuthGate:
+    """A key: the handshake a connection must pass before its first request is read."""
+
+    __slots__ = ("handshake",)
+
+    def __init__(self, key: bytes) -> None:
+        self.handshake = ServerHandshake(key, AUTH_CONTEXT)
+
+
+_DISCARD = object()  # the gate of a dropped, lingering connection: its input is thrown away
+
+
+class _Connection:
+    """One client's socket and buffers.
+
+    ``closed``: no longer served (dropped or closed); ``fd_open``: the socket is still open (a
+    dropped connection lingers, see the module doc). ``gate`` (None once passed) holds what must
+    happen before requests are read. ``parked``: this client's waiting requests.
+    """
+
+    __slots__ = (
+        "closed",
+        "fd_open",
+        "gate",
+        "hold",
+        "inbuf",
+        "needed",
+        "outbuf",
+        "parked",
+        "paused",
+        "peer",
+        "sock",
+    )
 
     def __init__(self, sock: socket.socket, peer: object) -> None:
         self.sock = sock
@@ -95,6 +207,19 @@ class _Connection:
         self.needed = 0  # bytes ``inbuf`` must reach before it holds a whole frame
         self.outbuf = bytearray()
         self.closed = False
+        self.hold = False  # stop parsing requests: closed, or too many replies unsent
+        self.fd_open = True
+        self.gate: object | None = None
+        self.parked: set[_Waiter] = set()
+        self.paused = False  # not read from until ``outbuf`` drains below the limit
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the client, for log lines."""
+        peer = self.peer
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer)
 
 
 _Handler = Callable[[_Connection, int, list[bytes]], None]  # (conn, num, args) of a request
@@ -103,7 +228,7 @@ _Handler = Callable[[_Connection, int, list[bytes]], None]  # (conn, num, args) 
 class _Waiter:
     """A parked blocking request."""
 
-    __slots__ = ("conn", "done", "keys", "op", "parked_on")
+    __slots__ = ("conn", "done", "keys", "op", "parked_on", "timed")
 
     def __init__(self, conn: _Connection, op: int, keys: list[str]) -> None:
         self.conn = conn
@@ -111,6 +236,7 @@ class _Waiter:
         self.keys = keys
         self.done = False
         self.parked_on: str | None = None
+        self.timed = False  # it has an entry in the timer heap
 
 
 def _listen_socket(port: int) -> socket.socket:
@@ -135,10 +261,30 @@ def _listen_socket(port: int) -> socket.socket:
     return sock
 
 
-class StoreServer:
-    """Serves a :class:`KeyValueTable` to TCPStore clients from a daemon thread."""
+def _open_spare() -> int:
+    """A descriptor held in reserve, freed to tell a client the server ran out of them."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
-    def __init__(self, port: int = 0, listen_fd: int | None = None) -> None:
+
+class StoreServer:
+    """Serves a :class:`KeyValueTable` to TCPStore clients from a daemon thread.
+
+    ``key`` (``"env"``: :func:`~pyc10d.core.auth.load_key`, from the environment) turns
+    authentication on; ``limits`` default to :meth:`ServerLimits.from_env`.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        listen_fd: int | None = None,
+        key: bytes | Literal["env"] | None = "env",
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self._key: bytes | None = load_key() if key == "env" else (key or None)
+        self._limits = limits if limits is not None else ServerLimits.from_env()
         if listen_fd is not None:
             self._listener = socket.socket(fileno=listen_fd)
         else:
@@ -146,11 +292,15 @@ class StoreServer:
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._table = KeyValueTable()
-        self._key_waiters: dict[str, list[_Waiter]] = {}
+        self._key_waiters: dict[str, dict[_Waiter, None]] = {}
         self._queue_waiters: dict[str, deque[_Waiter]] = {}
         self._timers: list[tuple[float, int, _Waiter]] = []
+        self._dead_timers = 0  # entries of ``_timers`` whose waiter was answered or dropped
+        self._conn_timers: list[tuple[float, int, _Connection]] = []  # auth and linger limits
         self._timer_ids = itertools.count()
         self._connections: set[_Connection] = set()
+        self._lingering = 0
+        self._spare = _open_spare()
         self._poller = _Poller()
         self._by_fd: dict[int, _Connection] = {}
         self._wake_r, self._wake_w = os.pipe()
@@ -161,6 +311,28 @@ class StoreServer:
             target=self._run, name=f"pyc10d-store-{self.port}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether clients must authenticate (the server has a key)."""
+        return self._key is not None
+
+    def stats(self) -> dict[str, int]:
+        """Counters, for tests and monitoring: open ``connections`` (lingering ones included),
+        ``parked`` blocking requests, ``timers`` (heap entries, answered ones included until
+        compacted), ``lingering`` dropped connections, ``paused`` connections (not read until
+        their replies drain) and ``buffered`` bytes (requests and replies held)."""
+        key_waiters = list(self._key_waiters.values())
+        queue_waiters = list(self._queue_waiters.values())
+        connections = list(self._connections)
+        return {
+            "connections": len(connections),
+            "parked": sum(len(w) for w in key_waiters) + sum(len(q) for q in queue_waiters),
+            "timers": len(self._timers),
+            "lingering": self._lingering,
+            "paused": sum(c.paused for c in connections),
+            "buffered": sum(len(c.inbuf) + len(c.outbuf) for c in connections),
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -200,7 +372,7 @@ class StoreServer:
                             spin = SPIN_POLLS
                         idle_polls = 0
                     dispatch(events, listen_fd, wake_fd)
-                if self._timers:
+                if self._timers or self._conn_timers:
                     self._fire_timers()
         except Exception:  # pragma: no cover - a bug in the loop must not pass silently
             log.exception("pyc10d TCPStore server loop crashed")
@@ -215,7 +387,7 @@ class StoreServer:
             if conn is not None:
                 if mask & READ_OR_HUP:
                     self._on_readable(conn)
-                if mask & WRITE and not conn.closed:
+                if mask & WRITE and conn.fd_open:
                     self._flush(conn)
             elif fd == listen_fd:
                 self._accept()
@@ -231,6 +403,9 @@ class StoreServer:
         self._listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._spare >= 0:
+            os.close(self._spare)
+            self._spare = -1
 
     # -- sockets ------------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -241,24 +416,121 @@ class StoreServer:
                 return
             except OSError as exc:  # e.g. EMFILE: keep serving the others
                 log.warning("TCPStore server accept failed: %s", exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._shed()
                 return
-            sock.setblocking(False)
+            self._admit(sock, peer)
+
+    def _admit(self, sock: socket.socket, peer: object) -> None:
+        """Serve a new connection, or refuse it with an ERROR past the connection limit."""
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock, peer)
-            self._connections.add(conn)
-            self._by_fd[sock.fileno()] = conn
-            self._poller.register(sock.fileno(), READ)
+        conn = _Connection(sock, peer)
+        self._connections.add(conn)
+        self._by_fd[sock.fileno()] = conn
+        self._poller.register(sock.fileno(), READ)
+        limit = self._limits.max_connections
+        if len(self._connections) - self._lingering > limit:
+            log.warning(
+                "TCPStore server refusing client %s: %d connections already (%s)",
+                conn.address,
+                limit,
+                MAX_CONNECTIONS_ENV,
+            )
+            message = (
+                f"TCPStore server on port {self.port} refused this connection: it already has "
+                f"{limit} (raise {MAX_CONNECTIONS_ENV} on the master, or close unused stores)"
+            )
+            self._drop(conn, encode(Status.ERROR, 0, [message.encode()]))
+        elif self._key is not None:
+            conn.gate = _AuthGate(self._key)
+            self._add_conn_timer(conn, AUTH_TIMEOUT_S)
+        else:
+            conn.gate = _SniffGate()
+
+    def _shed(self) -> None:
+        """Out of descriptors: free the spare one to accept a waiting client and tell it so."""
+        if self._spare < 0:
+            return
+        os.close(self._spare)
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            pass
+        else:
+            message = f"TCPStore server on port {self.port} is out of file descriptors"
+            with sock, contextlib.suppress(OSError):
+                sock.setblocking(False)
+                sock.send(encode(Status.ERROR, 0, [message.encode()]))
+        finally:
+            self._spare = _open_spare()
+
+    def _release_waiters(self, conn: _Connection) -> None:
+        """Forget ``conn``'s parked requests (its client is gone or dropped)."""
+        parked = conn.parked
+        if not parked:
+            return
+        queues = set()
+        for waiter in parked:
+            waiter.done = True
+            if waiter.timed:
+                self._dead_timers += 1
+            if waiter.op == Op.QUEUE_POP:
+                queues.add(waiter.keys[0])
+                continue
+            waiters = self._key_waiters.get(waiter.parked_on)  # type: ignore[arg-type]
+            if waiters is not None:
+                waiters.pop(waiter, None)
+                if not waiters:
+                    del self._key_waiters[waiter.parked_on]  # type: ignore[arg-type]
+        parked.clear()
+        for key in queues:
+            waiting = deque(w for w in self._queue_waiters.get(key, ()) if not w.done)
+            if waiting:
+                self._queue_waiters[key] = waiting
+            else:
+                self._queue_waiters.pop(key, None)
+        self._compact_timers()
 
     def _close(self, conn: _Connection) -> None:
-        if conn.closed:
+        if not conn.fd_open:
             return
-        conn.closed = True
+        if conn.closed and conn.gate is _DISCARD:
+            self._lingering -= 1
+        conn.closed = conn.hold = True
+        conn.fd_open = False
+        self._release_waiters(conn)
         self._connections.discard(conn)
         fd = conn.sock.fileno()
         self._by_fd.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._poller.unregister(fd)
         conn.sock.close()
+
+    def _drop(self, conn: _Connection, reply: bytes) -> None:
+        """Stop serving ``conn``: send ``reply``, shut down writing once it is out, throw away
+        what the client still sends, and close when it closes (or after ``LINGER_S``)."""
+        if conn.closed:
+            return
+        if reply:
+            self._send(conn, reply)
+            if not conn.fd_open:
+                return
+        if self._lingering >= MAX_LINGERING:
+            self._close(conn)
+            return
+        conn.closed = conn.hold = True
+        conn.gate = _DISCARD
+        conn.paused = False
+        self._lingering += 1
+        self._release_waiters(conn)
+        conn.inbuf = bytearray()
+        with contextlib.suppress(OSError, ValueError):
+            self._poller.modify(conn.sock.fileno(), READ | WRITE if conn.outbuf else READ)
+            if not conn.outbuf:
+                conn.sock.shutdown(socket.SHUT_WR)
+        self._add_conn_timer(conn, LINGER_S)
 
     def _on_readable(self, conn: _Connection) -> None:
         try:
@@ -270,6 +542,54 @@ class StoreServer:
         if not data:
             self._close(conn)  # a frame cut off mid-way is dropped with the connection
             return
+        if conn.gate is not None:  # a new connection (or a dropped one)
+            data = self._pass_gate(conn, data)
+            if not data:
+                return
+        self._consume(conn, data)
+
+    def _pass_gate(self, conn: _Connection, data: bytes) -> bytes | None:
+        """Run ``data`` through ``conn``'s gate; return what is left for the request parser."""
+        gate = conn.gate
+        if gate is _DISCARD:
+            return None
+        if isinstance(gate, _SniffGate):
+            head = gate.head + data
+            state = hello_state(head)
+            if state is None:
+                gate.head = head
+                return None
+            if state:
+                log.warning(
+                    "TCPStore server dropping client %s: it tried to authenticate, but this "
+                    "server has no key (neither %s is set on the master)",
+                    conn.address,
+                    KEY_VARIABLES,
+                )
+                self._drop(conn, NO_AUTH_REPLY)
+                return None
+            conn.gate = None
+            return head
+        assert isinstance(gate, _AuthGate)
+        handshake = gate.handshake
+        try:
+            reply = handshake.feed(data)
+        except HandshakeFailed as exc:
+            log.warning("TCPStore server dropping client %s: %s", conn.address, exc.reason)
+            if exc.foreign:
+                self._drop(conn, encode(Status.ERROR, 0, [AUTH_REQUIRED.encode()]))
+            else:
+                self._drop(conn, exc.reply)
+            return None
+        if reply:
+            self._send(conn, reply)
+        if not handshake.done or conn.closed:
+            return None
+        conn.gate = None
+        return handshake.leftover or None
+
+    def _consume(self, conn: _Connection, data: bytes) -> None:
+        """Serve the requests in ``data`` (after any buffered start of a frame)."""
         if conn.inbuf:  # finishing a frame that spans reads: gather until it is complete
             conn.inbuf += data
             if len(conn.inbuf) < conn.needed:
@@ -277,27 +597,62 @@ class StoreServer:
             data = bytes(conn.inbuf)
             conn.inbuf.clear()
         offset = 0
+        limit = self._limits.max_frame
         try:
-            while not conn.closed:
-                frame = decode(data, offset)
+            while not conn.hold:
+                frame = decode(data, offset, limit)
                 if frame is None:
                     break
                 offset, op, num, args = frame
                 self._handle(conn, op, num, args)
+        except FrameTooLarge as exc:
+            self._refuse_frame(conn, exc)
+            return
         except (ProtocolError, UnicodeDecodeError, ValueError, IndexError) as exc:
-            log.warning("TCPStore server dropping client %s: %s", conn.peer, exc)
+            log.warning("TCPStore server dropping client %s: %s", conn.address, exc)
             self._close(conn)
+            return
+        if conn.closed:
             return
         if offset < len(data):
             conn.inbuf += data[offset:]
             conn.needed = frame_size(conn.inbuf)
+        if conn.hold and not conn.paused:
+            conn.paused = True  # resumed by _flush once the client reads its replies
+            self._poller.modify(conn.sock.fileno(), WRITE)
+
+    def _refuse_frame(self, conn: _Connection, exc: FrameTooLarge) -> None:
+        """Answer an oversized request with an ERROR naming the limit, and drop the client."""
+        log.warning(
+            "TCPStore server dropping client %s: a request of %d bytes, over the %d-byte limit",
+            conn.address,
+            exc.size,
+            exc.limit,
+        )
+        message = too_large_message(exc.size, exc.limit, "server")
+        self._drop(conn, encode(Status.ERROR, 0, [message.encode()]))
 
     def _reply(self, conn: _Connection, status: int, num: int = 0, args=()) -> None:
         if conn.closed:
             return
         frame = encode(status, num, args)
         if conn.outbuf:
-            conn.outbuf += frame
+            self._queue(conn, frame)
+            return
+        try:  # the common case, inline: the whole reply fits in the socket
+            sent = conn.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        if sent < len(frame):
+            self._queue(conn, frame[sent:])
+
+    def _send(self, conn: _Connection, frame: bytes) -> None:
+        """Send ``frame`` to ``conn`` now, or queue what does not fit (written when it can be)."""
+        if conn.outbuf:
+            self._queue(conn, frame)
             return
         try:
             sent = conn.sock.send(frame)
@@ -307,8 +662,15 @@ class StoreServer:
             self._close(conn)
             return
         if sent < len(frame):
-            conn.outbuf += frame[sent:]
-            self._poller.modify(conn.sock.fileno(), READ | WRITE)
+            self._queue(conn, frame[sent:])
+
+    def _queue(self, conn: _Connection, rest: bytes) -> None:
+        """Keep ``rest`` for when the socket takes more; past the limit, stop reading requests."""
+        if not conn.outbuf:
+            self._poller.modify(conn.sock.fileno(), WRITE if conn.paused else READ | WRITE)
+        conn.outbuf += rest
+        if len(conn.outbuf) >= self._limits.out_pause:
+            conn.hold = True
 
     def _flush(self, conn: _Connection) -> None:
         try:
@@ -319,8 +681,19 @@ class StoreServer:
             self._close(conn)
             return
         del conn.outbuf[:sent]
-        if not conn.outbuf:
-            self._poller.modify(conn.sock.fileno(), READ)
+        fd = conn.sock.fileno()
+        if conn.hold and not conn.closed and len(conn.outbuf) < self._limits.out_pause:
+            conn.hold = False
+            if conn.paused:
+                conn.paused = False
+                self._poller.modify(fd, READ | WRITE if conn.outbuf else READ)
+                self._consume(conn, b"")  # the requests read before the pause
+                return
+        if not conn.outbuf and not conn.paused:
+            self._poller.modify(fd, READ)
+            if conn.closed:  # a dropped connection's last reply is out
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_WR)
 
     # -- requests -----------------------------------------------------------------------------
     def _handle(self, conn: _Connection, op: int, num: int, args: list[bytes]) -> None:
@@ -450,6 +823,7 @@ class StoreServer:
         else:
             waiter = _Waiter(conn, Op.QUEUE_POP, [key])
             self._queue_waiters.setdefault(key, deque()).append(waiter)
+            conn.parked.add(waiter)
             self._add_timer(waiter, num)
 
     def _on_queue_len(self, conn: _Connection, num: int, args: list[bytes]) -> None:
@@ -465,22 +839,47 @@ class StoreServer:
         data = self._table.data
         for key in waiter.keys:
             if key not in data:
-                self._key_waiters.setdefault(key, []).append(waiter)
+                self._key_waiters.setdefault(key, {})[waiter] = None
+                if waiter.parked_on is None:
+                    waiter.conn.parked.add(waiter)
                 waiter.parked_on = key
                 return False
         waiter.done = True
+        if waiter.parked_on is not None:  # it waited: no longer parked (or timed)
+            waiter.conn.parked.discard(waiter)
+            if waiter.timed:
+                self._dead_timers += 1
         if waiter.op == Op.WAIT:
             self._reply(waiter.conn, Status.OK)
+            return True
+        values = [data[k] for k in waiter.keys]
+        if len(values) > 1 and sum(map(len, values)) + 4 * len(values) > FRAME_LIMIT - 64:
+            message = f"the reply to this MULTI_GET would exceed {FRAME_LIMIT} bytes"
+            self._reply(waiter.conn, Status.ERROR, 0, [message.encode()])
         else:
-            self._reply(waiter.conn, Status.OK, 0, [data[k] for k in waiter.keys])
+            self._reply(waiter.conn, Status.OK, 0, values)
         return True
+
+    def _finish(self, waiter: _Waiter) -> None:
+        """Mark ``waiter`` answered (and no longer parked by its connection)."""
+        waiter.done = True
+        if waiter.parked_on is not None or waiter.op == Op.QUEUE_POP:
+            waiter.conn.parked.discard(waiter)
+        if waiter.timed:
+            self._dead_timers += 1
 
     def _add_timer(self, waiter: _Waiter, timeout_ms: int) -> None:
         """Answer ``waiter`` with TIMEOUT after ``timeout_ms`` (0 waits forever, as in torch)."""
         if timeout_ms <= 0:
             return
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000.0
+        waiter.timed = True
         heapq.heappush(self._timers, (deadline, next(self._timer_ids), waiter))
+
+    def _add_conn_timer(self, conn: _Connection, seconds: float) -> None:
+        """Look at ``conn`` again after ``seconds``: still unauthenticated, or lingering: close."""
+        deadline = time.monotonic() + seconds
+        heapq.heappush(self._conn_timers, (deadline, next(self._timer_ids), conn))
 
     def _key_changed(self, key: str) -> None:
         waiters = self._key_waiters.pop(key, None)
@@ -494,36 +893,74 @@ class StoreServer:
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done and not waiter.conn.closed:
-                waiter.done = True
+                self._finish(waiter)
                 self._reply(waiter.conn, Status.OK, 0, [value])
+                if not waiters:
+                    self._queue_waiters.pop(key, None)
                 return
         self._queue_waiters.pop(key, None)
         self._table.queue_push(key, value)
 
     # -- timeouts -----------------------------------------------------------------------------
+    def _compact_timers(self) -> None:
+        """Rebuild the timer heap without answered waiters once they are most of it (so that
+        finished requests with long timeouts, and their connections, are freed at once)."""
+        if self._dead_timers >= COMPACT_MIN and 2 * self._dead_timers >= len(self._timers):
+            self._timers = [t for t in self._timers if not t[2].done]
+            heapq.heapify(self._timers)
+            self._dead_timers = 0
+
     def _next_timer_delay(self) -> float | None:
         timers = self._timers
-        while timers and (timers[0][2].done or timers[0][2].conn.closed):
+        while timers and timers[0][2].done:
             heapq.heappop(timers)
-        if not timers:
+            self._dead_timers = max(0, self._dead_timers - 1)
+        self._compact_timers()
+        due = [t[0][0] for t in (timers, self._conn_timers) if t]
+        if not due:
             return None
-        return max(0.0, timers[0][0] - time.monotonic())
+        return max(0.0, min(due) - time.monotonic())
 
     def _fire_timers(self) -> None:
-        timers = self._timers
         now = time.monotonic()
+        conn_timers = self._conn_timers
+        while conn_timers and conn_timers[0][0] <= now:
+            self._conn_timer_due(heapq.heappop(conn_timers)[2])
+        timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, waiter = heapq.heappop(timers)
-            if waiter.done or waiter.conn.closed:
+            if waiter.done:
+                self._dead_timers = max(0, self._dead_timers - 1)
                 continue
-            waiter.done = True
+            waiter.timed = False
+            self._finish(waiter)
             if waiter.op == Op.QUEUE_POP:
                 missing = waiter.keys
+                waiting = self._queue_waiters.get(waiter.keys[0])
+                if waiting is not None:
+                    waiting.remove(waiter)
+                    if not waiting:
+                        del self._queue_waiters[waiter.keys[0]]
             else:
                 missing = self._table.missing(waiter.keys)
-                parked = self._key_waiters.get(waiter.parked_on)
+                parked = self._key_waiters.get(waiter.parked_on)  # type: ignore[arg-type]
                 if parked is not None:
-                    parked.remove(waiter)
+                    parked.pop(waiter, None)
                     if not parked:
-                        del self._key_waiters[waiter.parked_on]
+                        del self._key_waiters[waiter.parked_on]  # type: ignore[arg-type]
             self._reply(waiter.conn, Status.TIMEOUT, 0, [k.encode() for k in missing])
+
+    def _conn_timer_due(self, conn: _Connection) -> None:
+        """A connection's time ran out: a lingering one is closed, and so is one that has not
+        authenticated yet (it is logged)."""
+        if not conn.fd_open:
+            return
+        if conn.closed:
+            self._close(conn)
+        elif isinstance(conn.gate, _AuthGate):
+            log.warning(
+                "TCPStore server dropping client %s: it did not authenticate within %.0f s",
+                conn.address,
+                AUTH_TIMEOUT_S,
+            )
+            self._close(conn)

@@ -8,16 +8,25 @@
 3. Every rank attaches its outgoing rings and says so under ``shm/att/{consumer}/{producer}``.
 4. Once all its producers have attached, a consumer unlinks its segments: from then on nothing is
    left in ``/dev/shm``, whatever happens to the processes.
+
+Ring segments are created readable by their owner only (mode 0600), so only processes of the same
+user can map them. The shared-memory arena (:mod:`.arena`) instead passes segment descriptors
+over abstract UNIX sockets, which any local process can send to: :func:`descriptor_note` and
+:func:`descriptor_sender` make those datagrams carry, when a key is set (:mod:`pyc10d.core.auth`),
+an HMAC only a process that knows the key can compute, and reject the others.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import os
 import secrets
 import socket
+import struct
 
+from ...core.auth import PROOF_SIZE, mac
 from ...core.errors import DistBackendError, DistStoreError
 from ...core.timeouts import Deadline, format_ms
 from ...store import Store
@@ -28,10 +37,44 @@ SEG_KEY = "shm/seg/{}"
 ATTACHED_KEY = "shm/att/{}/{}"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 HOST_ID_ENV = "PYC10D_HOST_ID"
+NOTE_RANK = struct.Struct("<q")  # the sender's rank, first in a descriptor datagram
+NOTE_LABEL = b"pyc10d-shm-descriptor"
+
+
+def descriptor_note(
+    key: bytes | None, rank: int, sender_bell: bytes, receiver_bell: bytes
+) -> bytes:
+    """The datagram that goes with a segment descriptor from ``rank`` (sent with SCM_RIGHTS):
+    the rank, then (with a key) an HMAC binding it to both doorbell addresses, which are random
+    for each setup, so that it is good for this pair of ranks of this setup only."""
+    note = NOTE_RANK.pack(rank)
+    if key is None:
+        return note
+    return note + mac(key, NOTE_LABEL, note, sender_bell, receiver_bell)
+
+
+def descriptor_sender(
+    key: bytes | None, note: bytes, receiver_bell: bytes, bells: dict[int, bytes]
+) -> int | None:
+    """The rank among ``bells`` (peer rank -> its doorbell address) that sent ``note`` to the
+    doorbell ``receiver_bell``, or None when the note is malformed, names no peer, or (with a
+    key) carries a wrong HMAC: then its descriptor must be closed unused."""
+    if len(note) != NOTE_RANK.size + (PROOF_SIZE if key is not None else 0):
+        return None
+    rank = NOTE_RANK.unpack_from(note)[0]
+    if rank not in bells:
+        return None
+    if key is not None:
+        expected = mac(key, NOTE_LABEL, note[: NOTE_RANK.size], bells[rank], receiver_bell)
+        if not hmac.compare_digest(note[NOTE_RANK.size :], expected):
+            return None
+    return rank
 
 
 def host_identity() -> str:
-    """This machine's identity: hostname and boot id (equal on one host, one boot).
+    """This machine's identity: hostname, boot id and network namespace (equal on one host, one
+    boot, one namespace: the doorbells and descriptor passing are abstract UNIX sockets, which
+    belong to a network namespace).
 
     ``PYC10D_HOST_ID``, when set, replaces it: ranks of one machine that set different values
     behave as if on different hosts (to test mixed groups on one machine).
@@ -44,7 +87,11 @@ def host_identity() -> str:
             boot = f.read().strip()
     except OSError:
         boot = "?"
-    return f"{socket.gethostname()}/{boot}"
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = "?"
+    return f"{socket.gethostname()}/{boot}/{netns}"
 
 
 def wait_for_keys(store: Store, keys: list[str], deadline: Deadline, rank: int, what: str) -> None:

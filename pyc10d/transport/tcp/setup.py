@@ -1,10 +1,11 @@
 """Building the full TCP mesh of a group through the store.
 
 Every rank listens on an ephemeral port and publishes ``host:port`` under ``transport/addr/{rank}``;
-rank 0 publishes a random group nonce under ``transport/nonce``. Rank ``i`` then connects to each
-rank ``j < i`` and accepts one connection from each ``j > i``. The connecting side opens with a
-hello (magic, nonce, its rank, the world size); the accepting side checks it, drops strays, and
-answers with its own hello, which the connecting side checks in turn.
+rank 0 publishes a random group nonce under ``transport/nonce``. Once every rank has published,
+rank ``i`` accepts a connection from each ``j > i`` on a thread of its own (any number of
+handshakes at once, see :mod:`.handshake`) while it connects to each ``j < i`` in turn. Every
+connection is identified (group nonce, rank, world size; with ``PYC10D_AUTH_KEY`` after an HMAC
+challenge-response) and confirmed before it is taken for a peer; strays are logged and dropped.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import ipaddress
 import math
 import secrets
 import socket
-import struct
 import time
 
+from ...core.auth import load_key
 from ...core.errors import DistBackendError, DistNetworkError, DistStoreError
 from ...core.timeouts import Deadline, format_ms
 from ...store import Store, TCPStore
+from .handshake import HELLO, Acceptor, Identity, shake_hands, tune
 
 ADDR_KEY = "transport/addr/{}"
 NONCE_KEY = "transport/nonce"
-MAGIC = b"pTCP"
-HELLO = struct.Struct("<4s16sII")  # magic, group nonce, sender's rank, world size
-SOCKET_BUFFER: int | None = None  # None: kernel autotuning (faster here than a fixed 4 MiB)
-HELLO_TIMEOUT_S = 5.0  # the most an accepted connection may take to say hello
 RETRY_S = 0.05
+EXTRA_BACKLOG = 64  # listen backlog beyond one per peer (strays must not crowd peers out)
 _WILDCARDS = ("", "0.0.0.0", "::")
 
 
@@ -79,16 +78,6 @@ def _route_address(host: str, port: int) -> str | None:
     return None if local in _WILDCARDS else local
 
 
-def tune(sock: socket.socket) -> None:
-    """No Nagle delay, keep-alive probes, and fixed buffers if asked (before connect/listen)."""
-    if SOCKET_BUFFER:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def listen(bind_host: str | None, backlog: int) -> socket.socket:
     """A socket listening on an ephemeral port of ``bind_host`` (all IPv4 interfaces if None)."""
     host = bind_host or "0.0.0.0"
@@ -115,9 +104,11 @@ def build_mesh(
     bind_host: str | None,
     advertise_host: str | None,
 ) -> dict[int, socket.socket]:
-    """Connect ``rank`` to every other rank; return the (blocking) sockets by peer rank."""
-    listener = listen(bind_host, world_size)
+    """Connect ``rank`` to every other rank; return the sockets by peer rank."""
+    key = load_key()
+    listener = listen(bind_host, world_size + EXTRA_BACKLOG)
     socks: dict[int, socket.socket] = {}
+    acceptor: Acceptor | None = None
     try:
         host = advertise_host or default_advertise_host(store, bind_host)
         port = listener.getsockname()[1]
@@ -125,10 +116,17 @@ def build_mesh(
             store.set(NONCE_KEY, secrets.token_bytes(16))
         store.set(ADDR_KEY.format(rank), f"{host}:{port}")
         addrs, nonce = _gather(store, rank, world_size, deadline)
+        ident = Identity(nonce, rank, world_size, key)
+        acceptor = Acceptor(listener, ident, set(range(rank + 1, world_size)), deadline)
+        acceptor.start()
         for peer in range(rank):
-            socks[peer] = _connect(addrs[peer], peer, rank, world_size, nonce, deadline, socks)
-        _accept(listener, rank, world_size, nonce, deadline, socks)
+            socks[peer] = _connect(addrs[peer], peer, ident, deadline, socks)
+        socks.update(acceptor.result())
+        if len(socks) != world_size - 1:
+            raise _missing_error(rank, world_size, deadline, socks, "no connection came")
     except BaseException:
+        if acceptor is not None:
+            acceptor.stop()
         for sock in socks.values():
             sock.close()
         raise
@@ -168,33 +166,19 @@ def _gather(
     return addrs, values[-1]
 
 
-def _hello(nonce: bytes, rank: int, world_size: int) -> bytes:
-    return HELLO.pack(MAGIC, nonce, rank, world_size)
-
-
-def _read_hello(sock: socket.socket) -> tuple[bytes, bytes, int, int] | None:
-    """Read one hello from ``sock`` (its timeout applies); None if the peer hung up."""
-    buf = bytearray(HELLO.size)
-    view = memoryview(buf)
-    got = 0
-    while got < HELLO.size:
-        n = sock.recv_into(view[got:])
-        if not n:
-            return None
-        got += n
-    return HELLO.unpack(buf)
-
-
 def _connect(
     addr: str,
     peer: int,
-    rank: int,
-    world_size: int,
-    nonce: bytes,
+    ident: Identity,
     deadline: Deadline,
     socks: dict[int, socket.socket],
 ) -> socket.socket:
-    """Connect to ``peer`` at ``addr`` and exchange hellos, retrying until ``deadline``."""
+    """Connect to ``peer`` at ``addr`` and shake hands, retrying until ``deadline``.
+
+    The acceptor answers at once (its thread serves every connection concurrently), so one
+    attempt waits for the answer as long as the setup may take; it is retried only when the
+    connection fails or the acceptor hangs up (it dropped it).
+    """
     host, _, port = addr.rpartition(":")
     last = "no attempt"
     while not deadline.expired():
@@ -209,55 +193,20 @@ def _connect(
             continue
         try:
             tune(sock)
-            sock.settimeout(min(deadline.remaining(), HELLO_TIMEOUT_S * 2))
+            remaining = deadline.remaining()
+            sock.settimeout(None if math.isinf(remaining) else max(remaining, 0.001))
             sock.connect(sockaddr)
-            sock.sendall(_hello(nonce, rank, world_size))
-            reply = _read_hello(sock)
-            if reply == (MAGIC, nonce, peer, world_size):
-                return sock
+            shake_hands(sock, ident, peer, addr)
+            sock.settimeout(None)
+            return sock
+        except DistBackendError:
             sock.close()
-            raise DistBackendError(
-                f"TCPTransport setup on rank {rank}: {addr} did not answer as rank {peer} of "
-                f"this group (answer: {reply!r})"
-            )
+            raise
         except OSError as exc:
             sock.close()
             last = f"connecting to {addr} failed: {exc}"
             time.sleep(RETRY_S)
-    raise _missing_error(rank, world_size, deadline, socks, f"rank {peer}: {last}")
+    raise _missing_error(ident.rank, ident.world_size, deadline, socks, f"rank {peer}: {last}")
 
 
-def _accept(
-    listener: socket.socket,
-    rank: int,
-    world_size: int,
-    nonce: bytes,
-    deadline: Deadline,
-    socks: dict[int, socket.socket],
-) -> None:
-    """Accept a connection from every higher rank; drop connections that are not one."""
-    waiting = set(range(rank + 1, world_size))
-    while waiting:
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise _missing_error(rank, world_size, deadline, socks, "no connection came")
-        listener.settimeout(min(remaining, 1.0))
-        try:
-            sock, _ = listener.accept()
-        except TimeoutError:
-            continue
-        try:
-            sock.settimeout(min(remaining, HELLO_TIMEOUT_S))
-            hello = _read_hello(sock)
-            if hello is None or hello[:2] != (MAGIC, nonce) or hello[3] != world_size:
-                raise ConnectionError("not a peer of this group")
-            peer = hello[2]
-            if peer not in waiting:
-                raise ConnectionError(f"unexpected rank {peer}")
-            sock.sendall(_hello(nonce, rank, world_size))
-        except (OSError, struct.error):
-            sock.close()
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        socks[peer] = sock
-        waiting.discard(peer)
+__all__ = ["ADDR_KEY", "HELLO", "NONCE_KEY", "build_mesh", "default_advertise_host", "listen"]
