@@ -44,6 +44,8 @@ def _setup(ctx: RankContext, lifeline: Connection) -> None:
     watchdog.start()
     _stack_file = open(stack_dump_path(ctx.tmpdir, ctx.rank), "w")  # noqa: SIM115
     faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True)
+    for name in [n for n in os.environ if n.startswith("PYC10D_") and n not in ctx.env]:
+        del os.environ[name]  # inherited from the forkserver's start, not the parent's today
     os.environ.update(ctx.env)
     if "OMP_NUM_THREADS" not in ctx.env and "OMP_NUM_THREADS" not in os.environ:
         # like torchrun: one intra-op thread per rank unless asked, so N ranks don't fight over

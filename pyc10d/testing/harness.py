@@ -309,6 +309,10 @@ def spawn(
             "WORLD_SIZE": str(world_size),
             "LOCAL_WORLD_SIZE": str(world_size),
         }
+        # flight-recorder dumps (a rank that times out writes one) go with the run's temp files
+        common["TORCH_FR_DUMP_TEMP_FILE"] = os.environ.get(
+            "TORCH_FR_DUMP_TEMP_FILE", os.path.join(tmpdir, "fr_trace_rank_")
+        )
         # pyc10d's own settings (PYC10D_TRANSPORT...) follow the parent's current environment
         common.update({k: v for k, v in os.environ.items() if k.startswith("PYC10D_")})
         extra = {str(k): str(v) for k, v in (env or {}).items()}
