@@ -10,6 +10,7 @@ import sys as _sys
 from . import api, data, dist2, futures, nn, torch_backend
 from .api import *  # noqa: F403
 from .api import __all__ as _api_all
+from .api import flight_recorder
 from .core.errors import (
     DistBackendError,
     DistError,
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 # as ``c10d._get_default_group()`` through it): the API package, importable under that name too.
 distributed_c10d = api
 _sys.modules.setdefault(f"{__name__}.distributed_c10d", api)
+# ``pyc10d.flight_recorder`` (dumps of the flight recorder) is importable under that name too
+_sys.modules.setdefault(f"{__name__}.flight_recorder", flight_recorder)
 
 torch_backend.register()  # torch.distributed.init_process_group("pyc10d") works from here on
 
@@ -46,6 +49,7 @@ __all__ = [
     "DistributedDataParallel",
     "data",
     "dist2",
+    "flight_recorder",
     "futures",
     "nn",
     "register_rendezvous_handler",

@@ -125,11 +125,13 @@ def _rooted_list(
     rank: int | None,
     group_rank: int | None,
     what: str,
-) -> tuple[ProcessGroup, int, list[torch.Tensor]] | None:
-    """Checks of gather/scatter: ``(group, root, tensors)``, or None for a non-member.
+) -> tuple[ProcessGroup, int, list[torch.Tensor], str | None] | None:
+    """Checks of gather/scatter: ``(group, root, tensors, problem)``, or None for a non-member.
 
     As in torch the root defaults to global rank 0, and the list (``gather_list`` or
-    ``scatter_list``) must be given on the root and only there.
+    ``scatter_list``) must be given on the root and only there: ``problem`` is torch's
+    ValueError message when it is not (None when it is). Only this rank can see that, so the
+    caller refuses the collective on every rank (:func:`_refuse`) before raising it.
     """
     _check_single_tensor(tensor, "tensor")
     if tensors:
@@ -143,11 +145,21 @@ def _rooted_list(
         rank = 0
     root = _root(group, rank, group_rank, what)
     role = "destination" if what == "dst" else "source"
+    problem = None
     if root == pg.rank() and not tensors:
-        raise ValueError(f"Argument ``{name}`` must be specified on {role} rank.")
-    if root != pg.rank() and tensors:
-        raise ValueError(f"Argument ``{name}`` must NOT be specified on non-{role} ranks.")
-    return pg, root, tensors
+        problem = f"Argument ``{name}`` must be specified on {role} rank."
+    elif root != pg.rank() and tensors:
+        problem = f"Argument ``{name}`` must NOT be specified on non-{role} ranks."
+    return pg, root, tensors, problem
+
+
+def _refuse(pg: ProcessGroup, op_name: str, tensor: torch.Tensor, root: int, problem: str) -> None:
+    """Take part in the ``op_name`` collective only to refuse it, so that every other rank
+    fails it too (quoting ``problem``), then raise torch's ValueError here."""
+    refuse = getattr(pg, "_refuse_rooted", None)  # a third-party backend's group has none
+    if refuse is not None:
+        refuse(op_name, tensor, root, problem)
+    raise ValueError(problem)
 
 
 def _finish(work: Work, async_op: bool) -> Work | None:
@@ -200,7 +212,7 @@ def broadcast(
     opts.rootRank = _root(group, src, group_src, "src")
     opts.rootTensor = 0
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "broadcast", [tensor])
+    debug.check_before_collective(pg, "broadcast", [tensor], root=opts.rootRank)
     return _finish(pg.broadcast([_real(tensor)], opts), async_op)
 
 
@@ -225,7 +237,7 @@ def all_reduce(
     opts = AllreduceOptions()
     opts.reduceOp = op
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "all_reduce", [tensor])
+    debug.check_before_collective(pg, "all_reduce", [tensor], op=op)
     return _finish(pg.allreduce([_real(tensor)], opts), async_op)
 
 
@@ -254,7 +266,7 @@ def all_reduce_coalesced(
     opts = AllreduceCoalescedOptions()
     opts.reduceOp = op
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "all_reduce_coalesced", tensors)
+    debug.check_before_collective(pg, "all_reduce_coalesced", tensors, op=op)
     work = pg.allreduce_coalesced([_real(t) for t in tensors], opts)
     if async_op:
         return work.get_future()
@@ -284,7 +296,7 @@ def reduce(
     opts.reduceOp = op
     opts.rootRank = _root(group, dst, group_dst, "dst")
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "reduce", [tensor])
+    debug.check_before_collective(pg, "reduce", [tensor], op=op, root=opts.rootRank)
     return _finish(pg.reduce([tensor], opts), async_op)
 
 
@@ -414,11 +426,13 @@ def gather(
     if rooted is None:
         warn_not_in_group("gather")
         return None
-    pg, root, gather_list = rooted
+    pg, root, gather_list, problem = rooted
     opts = GatherOptions()
     opts.rootRank = root
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "gather", [tensor])
+    debug.check_before_collective(pg, "gather", [tensor], root=root)
+    if problem is not None:
+        _refuse(pg, "gather", tensor, root, problem)
     outputs = [gather_list] if root == pg.rank() else []
     return _finish(pg.gather(outputs, [tensor], opts), async_op)
 
@@ -440,12 +454,14 @@ def scatter(
     if rooted is None:
         warn_not_in_group("scatter")
         return None
-    pg, root, scatter_list = rooted
+    pg, root, scatter_list, problem = rooted
     inputs = [[_real(t) for t in scatter_list]] if root == pg.rank() else []
     opts = ScatterOptions()
     opts.rootRank = root
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "scatter", [tensor])
+    debug.check_before_collective(pg, "scatter", [tensor], root=root)
+    if problem is not None:
+        _refuse(pg, "scatter", _real(tensor), root, problem)
     return _finish(pg.scatter([_real(tensor)], inputs, opts), async_op)
 
 
@@ -468,7 +484,7 @@ def reduce_scatter(
     opts = ReduceScatterOptions()
     opts.reduceOp = op
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "reduce_scatter", [output])
+    debug.check_before_collective(pg, "reduce_scatter", [output], op=op)
     return _finish(pg.reduce_scatter([output], [input_list], opts), async_op)
 
 
@@ -493,7 +509,7 @@ def reduce_scatter_single(
     opts = ReduceScatterOptions()
     opts.reduceOp = op
     opts.asyncOp = async_op
-    debug.check_before_collective(pg, "reduce_scatter_single", [output])
+    debug.check_before_collective(pg, "reduce_scatter_single", [output], op=op)
     return _finish(pg.reduce_scatter_single(output, input, opts), async_op)
 
 

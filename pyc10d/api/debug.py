@@ -5,8 +5,10 @@ The level starts from the environment when pyc10d is imported: ``PYC10D_DEBUG``,
 ValueError, as importing ``torch.distributed`` does). In DETAIL mode every functional collective
 first calls :func:`check_before_collective`, which plays the part of torch's
 ``ProcessGroupWrapper``: the ranks exchange a fingerprint of the call (sequence number, op type,
-tensor shapes, dtypes and devices) and, if any two differ, every rank raises a RuntimeError
-naming the ranks and what differs, instead of hanging or computing garbage.
+reduce op and root where the collective has them, tensor shapes, dtypes and devices) and, if any
+two differ, every rank raises a RuntimeError naming the ranks and what differs, instead of
+hanging or computing garbage. (torch's fingerprint has no reduce op or root; pyc10d compares
+them too, as every collective's signature does below DETAIL.)
 
 The exchange runs on the group itself (torch uses a helper Gloo group): one ``_allgather_base``
 of a fixed-size digest, and a second one with the full fingerprints only when the digests
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..core.reduce_op import ReduceOpLike, reduce_op_of
 from ..core.tensor_bytes import byte_view
 
 __all__ = ["DebugLevel", "get_debug_level", "set_debug_level", "set_debug_level_from_env"]
@@ -155,27 +158,51 @@ def _flat_tensors(tensors: Iterable[Any]) -> list[torch.Tensor]:
     return found
 
 
-def _fingerprint(seq: int, op_name: str, tensors: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """What DETAIL compares across ranks (torch's ``CollectiveFingerPrint``)."""
+def _fingerprint(
+    seq: int,
+    op_name: str,
+    tensors: Sequence[torch.Tensor],
+    op: ReduceOpLike | None = None,
+    root: int | None = None,
+) -> dict[str, Any]:
+    """What DETAIL compares across ranks (torch's ``CollectiveFingerPrint``, plus the reduce op
+    and the root where the collective has them)."""
     flat = _flat_tensors(tensors)
-    return {
+    fp: dict[str, Any] = {
         "seq": seq,
         "op": op_type_name(op_name),
         "shapes": [list(t.shape) for t in flat],
         "dtypes": [_scalar_type_name(t.dtype) for t in flat],
         "devices": [t.device.type for t in flat],
     }
+    if op is not None:
+        fp["reduce_op"] = reduce_op_of(op).name
+    if root is not None:
+        fp["root"] = int(root)
+    return fp
+
+
+def _extras(fp: dict[str, Any]) -> str:
+    """``, ReduceOp=SUM, Root=0`` for the fields torch's fingerprint does not have."""
+    parts = []
+    if "reduce_op" in fp:
+        parts.append(f", ReduceOp={fp['reduce_op']}")
+    if "root" in fp:
+        parts.append(f", Root={fp['root']}")
+    return "".join(parts)
 
 
 def _describe(fp: dict[str, Any]) -> str:
-    """``CollectiveFingerPrint(...)`` as torch prints it (the shape shown is the first tensor's)."""
+    """``CollectiveFingerPrint(...)`` as torch prints it (the shape shown is the first tensor's),
+    with the reduce op and root where there are."""
+    extras = _extras(fp)
     if not fp["shapes"]:
-        return f"CollectiveFingerPrint(SequenceNumber={fp['seq']}, OpType={fp['op']})"
+        return f"CollectiveFingerPrint(SequenceNumber={fp['seq']}, OpType={fp['op']}{extras})"
     shape = ", ".join(str(d) for d in fp["shapes"][0])
     dtypes = ", ".join(fp["dtypes"])
     devices = ", ".join(fp["devices"])
     return (
-        f"CollectiveFingerPrint(SequenceNumber={fp['seq']}, OpType={fp['op']}, "
+        f"CollectiveFingerPrint(SequenceNumber={fp['seq']}, OpType={fp['op']}{extras}, "
         f"TensorShape=[{shape}], TensorDtypes=[{dtypes}], TensorDeviceTypes=[{devices}])"
     )
 
@@ -187,6 +214,10 @@ def _differences(mine: dict[str, Any], other: dict[str, Any]) -> str:
         parts.append(f"\t Sequence number: {mine['seq']} vs {other['seq']}")
     if mine["op"] != other["op"]:
         parts.append(f"  Op type: {mine['op']} vs {other['op']}")
+    if mine.get("reduce_op") != other.get("reduce_op"):
+        parts.append(f"  Reduce op: {mine.get('reduce_op')} vs {other.get('reduce_op')}")
+    if mine.get("root") != other.get("root"):
+        parts.append(f"  Root: {mine.get('root')} vs {other.get('root')}")
     for key, label in (("shapes", "shapes"), ("dtypes", "dtypes"), ("devices", "devices")):
         if mine[key] != other[key]:
             parts.append(f"  Tensor Tensor {label}: {mine[key]} vs {other[key]}")
@@ -206,9 +237,16 @@ def _allgather_bytes(pg: Any, data: torch.Tensor) -> torch.Tensor:
     return gathered.view(pg.size(), data.numel())
 
 
-def check_before_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tensor]) -> None:
+def check_before_collective(
+    pg: Any,
+    op_name: str,
+    tensors: Sequence[torch.Tensor],
+    op: ReduceOpLike | None = None,
+    root: int | None = None,
+) -> None:
     """In DETAIL mode, verify across ``pg``'s ranks that they all run ``op_name`` on tensors of
-    the same dtypes and shapes; raise on every rank, naming the ranks and what differs.
+    the same dtypes and shapes (with the same reduce ``op`` and ``root``, where the collective
+    has them); raise on every rank, naming the ranks and what differs.
 
     Mirrors torch's ProcessGroupWrapper: the error reads "Detected mismatch between collectives
     on ranks. Rank 0 is running collective: CollectiveFingerPrint(...), but Rank 1 is running
@@ -216,15 +254,21 @@ def check_before_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tenso
     A no-op below DETAIL, on a single-rank group, or when ``pg`` is None (a non-member).
     """
     if _level is DebugLevel.DETAIL and pg is not None:
-        verify_same_collective(pg, op_name, tensors)
+        verify_same_collective(pg, op_name, tensors, op, root)
 
 
-def verify_same_collective(pg: Any, op_name: str, tensors: Sequence[torch.Tensor]) -> None:
+def verify_same_collective(
+    pg: Any,
+    op_name: str,
+    tensors: Sequence[torch.Tensor],
+    op: ReduceOpLike | None = None,
+    root: int | None = None,
+) -> None:
     """The check of :func:`check_before_collective`, whatever the debug level (the torch
     backend runs it when torch's own level is DETAIL)."""
     if pg.size() == 1:
         return
-    mine = _fingerprint(pg._get_sequence_number_for_group(), op_name, tensors)
+    mine = _fingerprint(pg._get_sequence_number_for_group(), op_name, tensors, op, root)
     payload = _encode(mine)
     header = torch.empty(_HEADER_BYTES, dtype=torch.uint8)
     header[:8] = torch.tensor([len(payload)], dtype=torch.int64).view(torch.uint8)

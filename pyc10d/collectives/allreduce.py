@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from ..core.errors import DistBackendError
+from ..core.tags import signature
+from ..core.tensor_bytes import byte_view
 from . import exchange, shm
 from .context import OpContext
 from .reduction import accumulates_wide, combine, reduce_into
@@ -33,11 +36,24 @@ def _contributions(ctx: OpContext, flat: torch.Tensor) -> list[torch.Tensor]:
 
 
 def allreduce_direct(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
-    """Every rank sends its buffer to every other rank and reduces all of them (one round)."""
-    for peer in range(ctx.size):
-        if peer != ctx.rank:
-            ctx.send(peer, 0, flat)
-    combine(op, flat, _contributions(ctx, flat))
+    """Every rank sends its buffer, behind its signature, to every other rank and reduces all
+    of them (one round: the signature exchange carries the data)."""
+    sig = signature("allreduce", flat.dtype, flat.numel(), op)
+    extras = ctx.agree(sig, byte_view(flat).tobytes())
+    parts: list[torch.Tensor] = []
+    for peer, data in enumerate(extras):
+        if peer == ctx.rank:
+            parts.append(flat.clone())
+            continue
+        part = torch.empty_like(flat)
+        view = byte_view(part)
+        if len(data) != len(view):
+            raise DistBackendError(
+                f"rank {peer} sent {len(data)} bytes for allreduce #{ctx.seq}, expected {len(view)}"
+            )
+        view[:] = data
+        parts.append(part)
+    combine(op, flat, parts)
 
 
 def ring_reduce_scatter(ctx: OpContext, chunks: list[torch.Tensor], op: object) -> int:
@@ -72,7 +88,7 @@ def allreduce_ring(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
     reduce-scatter first for half-precision sums of three or more ranks: see above)."""
     chunks = list(torch.tensor_split(flat, ctx.size))
     if accumulates_wide(op, flat.dtype, ctx.size):
-        exchange.reduce_scatter(ctx, chunks, chunks[ctx.rank], op)
+        exchange.reduce_scatter_messages(ctx, chunks, chunks[ctx.rank], op)
         ring_allgather(ctx, chunks, ctx.size - 1, owned=ctx.rank)
         return
     ring_reduce_scatter(ctx, chunks, op)
@@ -81,7 +97,7 @@ def allreduce_ring(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
 
 def allreduce(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
     """Reduce ``flat`` (contiguous, 1-D) across the group in place, choosing by size."""
-    if ctx.size == 1 or flat.numel() == 0:
+    if ctx.size == 1:
         return
     arena = ctx.shm()
     if arena is not None:
@@ -89,16 +105,20 @@ def allreduce(ctx: OpContext, flat: torch.Tensor, op: object) -> None:
     elif flat.numel() * flat.element_size() <= DIRECT_MAX_BYTES or flat.numel() < ctx.size:
         allreduce_direct(ctx, flat, op)
     else:
+        ctx.agree(signature("allreduce", flat.dtype, flat.numel(), op))
         allreduce_ring(ctx, flat, op)
 
 
 def reduce(ctx: OpContext, flat: torch.Tensor, op: object, root: int) -> None:
     """Reduce ``flat`` onto ``root`` (other ranks' buffers are left as they were)."""
-    if ctx.size == 1 or flat.numel() == 0:
+    if ctx.size == 1:
         return
     arena = ctx.shm()
     if arena is not None:
         shm.reduce(arena, flat, op, root, ctx.deadline)
+        return
+    ctx.agree(signature("reduce", flat.dtype, flat.numel(), op, root))
+    if flat.numel() == 0:
         return
     if ctx.rank != root:
         ctx.send(root, 0, flat)

@@ -1,21 +1,40 @@
-"""``OpContext``: what one collective needs to talk to its peers with its own tags."""
+"""``OpContext``: what one collective needs to talk to its peers with its own tags.
+
+Over a transport every collective starts by comparing signatures (:meth:`OpContext.agree`):
+each rank sends every peer what it runs (``core.tags.Signature``, and whatever else the ranks
+must agree on) and checks what every peer sent, so ranks that run different collectives, or
+one that refused its part, make every rank raise, naming both sides, before any data moves.
+The small direct allreduce sends its data in that same message (no extra message), so that a
+rank running it and a rank running something else still meet on the signature's tag.
+"""
 
 from __future__ import annotations
 
+import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
 
-from ..core.tags import op_tag
+from ..core.errors import (
+    CollectiveAbandonedError,
+    DistBackendError,
+    PeerFailedError,
+    TransportTimeout,
+)
+from ..core.tags import SIGNATURE_STEP, Signature, describe_tag, mismatch_message, op_tag
 from ..core.tensor_bytes import byte_view
 from ..core.timeouts import Deadline
-from ..transport.base import Transport
+from ..transport.base import DEADLINE_WINS_S, Transport
 from ..transport.shm.arena import ShmArena
 
 PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send
+
+SIGNATURE_FORMAT = struct.Struct("<QQ")
+"""How a signature travels ahead of a message's payload."""
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -62,9 +81,7 @@ class OpContext:
 
     def send(self, peer: int, step: int, tensor: torch.Tensor) -> None:
         """Send a contiguous tensor's bytes to ``peer`` as message ``step``."""
-        self.transport.send(
-            peer, op_tag(self.seq, self.step_base + step), byte_view(tensor), self.deadline
-        )
+        self.send_bytes(peer, step, byte_view(tensor))
 
     def recv(self, peer: int, step: int, tensor: torch.Tensor) -> None:
         """Receive message ``step`` from ``peer`` into a contiguous tensor."""
@@ -90,9 +107,71 @@ class OpContext:
         finally:
             receiving.result()
 
-    def send_bytes(self, peer: int, step: int, data: bytes) -> None:
-        """Send raw bytes (headers of variable-size exchanges)."""
-        self.transport.send(peer, op_tag(self.seq, self.step_base + step), data, self.deadline)
+    def agree(self, sig: Signature, extra: bytes = b"") -> list[memoryview]:
+        """Exchange signatures (and ``extra``, bytes every rank sends every peer) with every
+        peer; return each rank's ``extra`` in rank order. Raises DistBackendError, naming both
+        sides, if a peer runs another collective or refused it; a refused ``sig`` only tells
+        the peers (the caller raises its own error)."""
+        header = SIGNATURE_FORMAT.pack(*sig)
+        payload = header + extra if extra else header
+        rank, size = self.rank, self.size
+        for distance in range(1, size):
+            self.send_bytes((rank + distance) % size, SIGNATURE_STEP, payload)
+        extras = [memoryview(extra)] * size
+        if sig.refused():
+            return extras
+        cut = SIGNATURE_FORMAT.size
+        gave_up: CollectiveAbandonedError | None = None
+        for distance in range(1, size):
+            peer = (rank + distance) % size
+            try:
+                data = memoryview(self.recv_bytes(peer, SIGNATURE_STEP))
+            except CollectiveAbandonedError as exc:
+                # a peer gave up (maybe on a signature this rank has not read yet): read the
+                # ones already here, so that the first cause is what this rank reports too
+                gave_up = gave_up or exc
+                continue
+            if data[:cut] != header:
+                self.check_signature(sig, peer, data)
+            extras[peer] = data[cut:]
+        if gave_up is not None:
+            raise gave_up
+        return extras
+
+    def check_signature(self, sig: Signature, peer: int, data: bytes | memoryview) -> None:
+        """Raise unless ``data`` (from ``peer``) starts with ``sig``."""
+        if len(data) < SIGNATURE_FORMAT.size:
+            raise DistBackendError(f"rank {peer} sent no signature for collective #{self.seq}")
+        theirs = Signature(*SIGNATURE_FORMAT.unpack_from(data))
+        if theirs == sig:
+            return
+        if theirs.refused():
+            reason = bytes(data[SIGNATURE_FORMAT.size :]).decode(errors="replace")
+            raise DistBackendError(f"rank {peer} refused its part of {theirs.kind()}: {reason}")
+        raise DistBackendError(mismatch_message(self.rank, sig, peer, theirs, self.seq))
+
+    def send_bytes(self, peer: int, step: int, data: bytes | memoryview) -> None:
+        """Send raw bytes (signatures, headers of variable-size exchanges). A peer found gone
+        when at most DEADLINE_WINS_S of the deadline is left: the deadline is waited out and
+        wins (TransportTimeout), as for receives."""
+        tag = op_tag(self.seq, self.step_base + step)
+        try:
+            self.transport.send(peer, tag, data, self.deadline)
+        except PeerFailedError:
+            remaining = self.deadline.remaining()
+            if remaining > DEADLINE_WINS_S:
+                raise
+            time.sleep(remaining)
+            raise self._send_timeout(peer, tag) from None
+        except TransportTimeout as exc:
+            if exc.ranks:
+                raise
+            raise self._send_timeout(peer, tag) from None  # named by rank, not by its tag
+
+    def _send_timeout(self, peer: int, tag: int) -> TransportTimeout:
+        """The timeout of a send to ``peer`` that did not go through by the deadline."""
+        what = f"rank {peer} (to take its message of {describe_tag(tag)})"
+        return TransportTimeout(what, self.deadline.seconds, (peer,))
 
     def recv_bytes(self, peer: int, step: int) -> bytes:
         """Receive raw bytes of any size."""

@@ -6,6 +6,7 @@ import struct
 
 import torch
 
+from ..core.tags import signature
 from .context import OpContext
 
 _HEADER = struct.Struct("<q")  # number of non-zeros that follow
@@ -14,6 +15,8 @@ _HEADER = struct.Struct("<q")  # number of non-zeros that follow
 def sparse_allreduce(ctx: OpContext, tensor: torch.Tensor) -> torch.Tensor:
     """The sum of every rank's sparse ``tensor``, coalesced (the same on every rank)."""
     local = tensor.coalesce()
+    if ctx.size > 1:
+        ctx.agree(signature("sparse_allreduce", local.dtype, tensor.numel()))
     indices = local.indices().contiguous()
     values = local.values().contiguous()
     for peer in range(ctx.size):

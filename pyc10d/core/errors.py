@@ -1,7 +1,9 @@
 """Exception hierarchy mirroring ``torch.distributed``'s (DistError and its subclasses).
 
-Below torch's classes, the two failures every transport reports: :class:`TransportTimeout` (a
-deadline passed) and :class:`PeerFailedError` (a peer is gone, named by ``peer``).
+Below torch's classes, the failures every transport reports: :class:`TransportTimeout` (a
+deadline passed, naming the ranks it waited for in ``ranks``), :class:`PeerFailedError` (a peer
+is gone, named by ``peer``) and :class:`CollectiveAbandonedError` (a peer gave up on the
+collective this rank still ran, named by ``peer``).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ class QueueEmptyError(DistStoreError, _TorchQueueEmptyError):
 
 
 class TransportTimeout(DistBackendError):
-    """A receive, send or wait did not complete before its deadline (``seconds`` long)."""
+    """A receive, send or wait did not complete before its deadline (``seconds`` long);
+    ``ranks`` are the ranks it waited for, when known (empty otherwise)."""
 
-    def __init__(self, what: str, seconds: float) -> None:
+    def __init__(self, what: str, seconds: float, ranks: tuple[int, ...] = ()) -> None:
         super().__init__(f"Timed out waiting {format_ms(seconds)} for {what}")
         self.seconds = seconds
+        self.ranks = tuple(ranks)
 
 
 class PeerFailedError(DistBackendError):
@@ -56,6 +60,16 @@ class PeerFailedError(DistBackendError):
     def __init__(self, peer: int, reason: str) -> None:
         super().__init__(f"connection to rank {peer} lost: {reason}")
         self.peer = peer
+
+
+class CollectiveAbandonedError(DistBackendError):
+    """Rank ``peer`` gave up on collective ``seq`` (it timed out or failed there) while this rank
+    still ran it: this rank raises too, so that no rank keeps a result the others do not have."""
+
+    def __init__(self, message: str, peer: int, seq: int) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.seq = seq
 
 
 def fresh_error(err: DistBackendError) -> DistBackendError:

@@ -46,6 +46,10 @@ class Engine:
         work._steal = self._run_or_wake
         return work
 
+    def is_worker(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` is one of this engine's worker threads."""
+        return thread in self._workers
+
     def _run_or_wake(self, work: Work, run_here: bool = True) -> None:
         """Run ``work`` in the calling thread if it is next in line and no worker took it yet;
         otherwise make sure a worker will.
@@ -62,6 +66,7 @@ class Engine:
 
     @staticmethod
     def _execute(work: Work, run: Callable[[], Any]) -> None:
+        work._start()  # the flight recorder's "started"
         try:
             value = run()
         except BaseException as exc:  # the error belongs to the Work, not the thread

@@ -61,14 +61,48 @@ def _check_int(value: Any, what: str) -> int:
     return value.__index__()
 
 
+def _to_bool(owner: object, value: Any) -> bool:
+    """``value`` as torch's bound ``bool`` setters take it (pybind11's conversion): a bool,
+    None (False), or an object whose type defines ``__bool__`` (numbers, one-element tensors);
+    anything else (a string, a list) is torch's TypeError."""
+    if value is True or value is False:
+        return value
+    if value is None:
+        return False
+    to_bool = getattr(type(value), "__bool__", None)
+    if to_bool is not None:
+        try:
+            result = to_bool(value)
+        except Exception:
+            result = None
+        if result is True or result is False:
+            return result
+    cls = type(owner)
+    raise TypeError(
+        "(): incompatible function arguments. The following argument types are supported:\n"
+        f"    1. (self: {cls.__module__}.{cls.__qualname__}, arg0: bool) -> None\n\n"
+        f"Invoked with: {object.__repr__(owner)}, {value!r}"
+    )
+
+
 class CollectiveOptions:
     """Fields every collective's options share: ``timeout`` and ``asyncOp``."""
 
-    __slots__ = ("_timeout", "asyncOp")
+    __slots__ = ("_asyncOp", "_timeout")
 
     def __init__(self) -> None:
         self._timeout = UNSET_TIMEOUT
-        self.asyncOp: bool = True
+        self._asyncOp = True
+
+    @property
+    def asyncOp(self) -> bool:
+        """Whether the caller does not wait for the Work at once (the module API's
+        ``async_op``); a non-bool raises torch's TypeError (see :func:`_to_bool`)."""
+        return self._asyncOp
+
+    @asyncOp.setter
+    def asyncOp(self, value: bool) -> None:
+        self._asyncOp = _to_bool(self, value)
 
     @property
     def timeout(self) -> timedelta:

@@ -4,10 +4,16 @@ Each call validates its arguments with torch's messages (raising before anything
 the group stays usable), takes the next sequence number, and queues the operation on the
 engine; the returned :class:`Work` completes when the worker thread has run the algorithm.
 
-State after errors: a validation error consumes nothing. A timed-out operation fails with
-"Timed out waiting {N}ms" and its late messages are discarded; the group stays usable for later
-operations that every rank issues. When a peer dies, the transport is failed: every pending and
-later operation raises an error naming the dead rank (make a new group to continue).
+State after errors: a validation error consumes nothing, except where only this rank can see
+it (a gather root's output list, a scatter root's input list, a list passed on a non-root): then
+this rank takes part in the collective only to refuse it, so that every rank fails that same
+collective (quoting this rank's error) instead of a later one. A collective that fails on one
+rank fails on every rank that takes part, a late one included (see :mod:`.outcome`); a
+timed-out one fails with "Timed out waiting {N}ms" naming the ranks at fault, and its late
+messages are discarded; the group stays usable for later operations that every rank issues.
+When a peer dies, the transport is failed: every pending and later operation raises an error
+naming the dead rank (make a new group to continue). ``shutdown()`` first lets the operations
+already issued finish (within the group's timeout), as Gloo does; ``abort()`` does not.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -28,9 +35,15 @@ from ..collectives import exchange
 from ..collectives.context import OpContext
 from ..collectives.reduction import finish_average, reduce_into
 from ..collectives.sparse import sparse_allreduce
-from ..core.errors import DistBackendError, TransportTimeout, with_context
+from ..core.errors import (
+    CollectiveAbandonedError,
+    DistBackendError,
+    TransportTimeout,
+    fresh_error,
+    with_context,
+)
 from ..core.reduce_op import RedOpType, ReduceOp, ReduceOpLike, reduce_op_of
-from ..core.tags import p2p_tag
+from ..core.tags import Signature, p2p_tag
 from ..core.tensor_bytes import byte_view, flat_contiguous
 from ..core.timeouts import Deadline
 from ..store import PrefixStore, Store
@@ -38,6 +51,7 @@ from ..transport import make_transport
 from ..transport.base import Transport
 from ..transport.factory import make_arena
 from ..transport.shm.arena import ShmArena
+from . import outcome
 from . import validation as check
 from .engine import Engine
 from .issue_order import IssueOrder
@@ -285,14 +299,37 @@ class ProcessGroup:
         with self._lock:
             return self._seq
 
+    def _set_sequence_number_for_group(self) -> None:
+        """torch's: make the ranks' sequence numbers agree. They start at 0 on every rank and
+        advance together (as in torch's Gloo, whose version does nothing): nothing to do."""
+
     def shutdown(self) -> None:
-        """Fail queued operations, close connections and join threads; idempotent."""
-        if self._finalizer is not None:
+        """Let the operations already issued finish (within the group's timeout, as Gloo's
+        destructor drains its queue), then close connections and join threads; idempotent."""
+        if self._finalizer is not None and self._finalizer.alive:
+            self._drain()
             self._finalizer()
 
     def abort(self) -> None:
-        """torch's ``abort()``: here the same as :meth:`shutdown` (pending work fails)."""
-        self.shutdown()
+        """torch's ``abort()``: close at once; pending operations fail."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _drain(self) -> None:
+        """Wait (up to the group's timeout in all) for every collective issued so far, unless
+        called from one of the group's own worker threads (which may be running one)."""
+        engine = self._engine
+        if engine is None or engine.is_worker(threading.current_thread()):
+            return
+        with self._lock:
+            pending = list(self._running.values())
+        deadline = Deadline(self.options.timeout)
+        for work in pending:
+            work._run_queued(run_here=False)  # a Work whose caller meant to run it: wake one
+        for work in pending:
+            remaining = deadline.remaining()
+            if not work._wait_done(None if math.isinf(remaining) else remaining):
+                return
 
     def _is_shut_down(self) -> bool:
         """True once :meth:`shutdown` (or ``destroy_process_group``) has closed this group."""
@@ -321,12 +358,14 @@ class ProcessGroup:
         return with_context(error, f"[rank {self._rank}] {op_type} (#{seq}) failed: ")
 
     def _run(self, op_type: str, seq: int, timeout: timedelta, body: Body) -> None:
-        error = self._transport.error
+        transport = self._transport
+        error = transport.error
         if error is not None:
             raise self._failed(op_type, seq, error)
         deadline = Deadline(timeout)
+        started = time.monotonic()
         ctx = OpContext(
-            self._transport,
+            transport,
             self._rank,
             self._size,
             seq,
@@ -335,26 +374,76 @@ class ProcessGroup:
             take_turn=lambda: self._order.wait_turn(seq, deadline),
         )
         try:
-            try:
-                with torch._C._InferenceMode(True):  # torch.inference_mode(), minus its overhead
-                    body(ctx)
-            except BaseException:
-                if self._arena is not None and self._arena.holder == seq:
-                    self._arena.abandon()
+            with torch._C._InferenceMode(True):  # torch.inference_mode(), minus its overhead
+                body(ctx)
+            gave_up = transport.abandoned(seq)  # a peer gave up while this rank only sent
+            if gave_up is not None:
+                raise fresh_error(gave_up)
+        except BaseException as exc:
+            final = self._give_up(op_type, seq, deadline, started, exc)
+            if final is exc:
                 raise
-        except TransportTimeout as exc:
-            self._transport.discard(seq)
-            raise self._failed(op_type, seq, exc) from None
-        except DistBackendError as exc:
-            raise self._failed(op_type, seq, exc) from exc
+            raise final from (None if isinstance(exc, TransportTimeout) else exc)
 
-    def _collective(self, op_type: str, opts: CollectiveOptions, outputs: list, body: Body) -> Work:
+    def _give_up(
+        self, op_type: str, seq: int, deadline: Deadline, started: float, exc: BaseException
+    ) -> BaseException:
+        """Collective ``seq`` failed here with ``exc``: tell the peers (so that none of them
+        keeps a result of it) and return the error to raise, naming the ranks at fault."""
+        arena, transport = self._arena, self._transport
+        in_arena = arena is not None and arena.holder == seq
+        if arena is not None:
+            arena.abandon(seq, timed_out=isinstance(exc, TransportTimeout))
+        if not isinstance(exc, DistBackendError):  # a bug, or an interrupt: still tell them
+            if not in_arena:
+                outcome.tell_peers(transport, seq, exc)
+            return exc
+        final: DistBackendError = exc
+        own_timeout = isinstance(exc, TransportTimeout) and bool(exc.ranks) and not in_arena
+        if isinstance(exc, CollectiveAbandonedError):
+            final = outcome.from_peer(exc, self._rank, started)
+        elif own_timeout:
+            final = outcome.timeout_error(exc.ranks, exc.seconds, seq)
+        if not in_arena and transport.error is None:
+            outcome.tell_peers(transport, seq, final)
+            if own_timeout:
+                grace = outcome.grace_seconds(deadline.seconds)
+                final = outcome.widen_blame(transport, exc, self._rank, seq, grace)
+        return self._failed(op_type, seq, final)
+
+    def _refuse(self, op_type: str, sig: Signature, reason: str, opts: object) -> None:
+        """Take part in the next collective only to refuse it (this rank's arguments are wrong
+        where only it can tell): every peer fails it, quoting ``reason``; this rank's caller
+        raises its own error."""
+        refusal = CollectiveOptions()
+        refusal.timeout = getattr(opts, "timeout", refusal.timeout)
+
+        def body(ctx: OpContext) -> None:
+            exchange.refuse(ctx, sig, reason)
+
+        try:
+            self._collective(op_type, refusal, [], body)
+        except DistBackendError:  # shut down: nobody is left to tell
+            pass
+
+    def _refuse_rooted(self, op_type: str, tensor: torch.Tensor, root: int, reason: str) -> None:
+        """:meth:`_refuse` a ``gather`` or ``scatter`` of ``tensor`` (this rank's input or
+        output) rooted at ``root`` (the module API's checks of ``gather_list`` and
+        ``scatter_list`` use it); nothing on a bare ``ProcessGroup(rank, size)``."""
+        if self._engine is None:
+            return
+        sig = _rooted_signature(op_type, tensor, root)
+        self._refuse(op_type, sig, reason, CollectiveOptions())
+
+    def _collective(
+        self, op_type: str, opts: CollectiveOptions, outputs: list, body: Body, inputs: Any = None
+    ) -> Work:
         engine = self._require_backend()
         timeout = resolve_timeout(opts.timeout, self.options.timeout)
         with self._lock:
             self._seq += 1
             seq = self._seq
-            work = Work(op_type, seq, outputs)
+            work = Work(op_type, seq, outputs, group=self, inputs=inputs, timeout=timeout)
             self._running[seq] = work
         value = _future_value(outputs)
 
@@ -556,7 +645,7 @@ class ProcessGroup:
                 for index, output in enumerate(outputs):
                     output.copy_(pieces[index].view_as(input_tensors[index % per_rank]))
 
-        return self._collective("allgather", opts, output_tensors, body)
+        return self._collective("allgather", opts, output_tensors, body, input_tensors)
 
     @staged_on_host
     def _allgather_base(
@@ -572,7 +661,7 @@ class ProcessGroup:
             exchange.allgather(ctx, flat_contiguous(input), chunks)
             staged.finish()
 
-        return self._collective("_allgather_base", opts, [[output]], body)
+        return self._collective("_allgather_base", opts, [[output]], body, input)
 
     all_gather_single = _allgather_base  # torch 2.13's name (``dist.all_gather_single``)
 
@@ -594,7 +683,7 @@ class ProcessGroup:
                 exchange.allgather(ctx.sub_operation(index), flat_contiguous(input), chunks)
                 staged.finish()
 
-        return self._collective("allgather_into_tensor_coalesced", opts, [outputs], body)
+        return self._collective("allgather_into_tensor_coalesced", opts, [outputs], body, inputs)
 
     all_gather_single_coalesced = allgather_into_tensor_coalesced  # torch 2.13's name
 
@@ -621,7 +710,7 @@ class ProcessGroup:
                 ):
                     output.copy_(piece.view_as(output))
 
-        return self._collective("allgather_coalesced", opts, output_lists, body)
+        return self._collective("allgather_coalesced", opts, output_lists, body, input_list)
 
     # -- gather / scatter ---------------------------------------------------------------------
     @staged_on_host
@@ -639,7 +728,12 @@ class ProcessGroup:
             output_tensors = [output_tensors] if output_tensors else []
             input_tensors = [input_tensors]
         opts = _options(GatherOptions, opts, timeout, root, rootRank=_pick(root, opts))
-        check.check_gather(self._rank, self._size, output_tensors, input_tensors, opts)
+        try:
+            check.check_gather(self._rank, self._size, output_tensors, input_tensors, opts)
+        except check.RankArgumentError as exc:
+            sig = _rooted_signature("gather", input_tensors[0], opts.rootRank)
+            self._refuse("gather", sig, str(exc), opts)
+            raise
         root = opts.rootRank
 
         def body(ctx: OpContext) -> None:
@@ -652,7 +746,7 @@ class ProcessGroup:
             for s in staged:
                 s.finish()
 
-        return self._collective("gather", opts, output_tensors, body)
+        return self._collective("gather", opts, output_tensors, body, input_tensors)
 
     @staged_on_host
     def scatter(
@@ -669,7 +763,12 @@ class ProcessGroup:
             output_tensors = [output_tensors]
             input_tensors = [input_tensors] if input_tensors else []
         opts = _options(ScatterOptions, opts, timeout, root, rootRank=_pick(root, opts))
-        check.check_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
+        try:
+            check.check_scatter(self._rank, self._size, output_tensors, input_tensors, opts)
+        except check.RankArgumentError as exc:
+            sig = _rooted_signature("scatter", output_tensors[0], opts.rootRank)
+            self._refuse("scatter", sig, str(exc), opts)
+            raise
         root = opts.rootRank
 
         def body(ctx: OpContext) -> None:
@@ -678,7 +777,7 @@ class ProcessGroup:
             exchange.scatter(ctx, sends, staged.buffer.view(-1), root)
             staged.finish()
 
-        return self._collective("scatter", opts, [output_tensors], body)
+        return self._collective("scatter", opts, [output_tensors], body, input_tensors)
 
     # -- reduce-scatter -----------------------------------------------------------------------
     @staged_on_host
@@ -711,7 +810,7 @@ class ProcessGroup:
                 finish_average(out, self._size)
             staged.finish()
 
-        return self._collective("reduce_scatter", opts, [output_tensors], body)
+        return self._collective("reduce_scatter", opts, [output_tensors], body, input_tensors)
 
     @staged_on_host
     def _reduce_scatter_base(
@@ -728,7 +827,7 @@ class ProcessGroup:
         def body(ctx: OpContext) -> None:
             _reduce_scatter_flat(ctx, output, input, op, factor, self._size)
 
-        return self._collective("_reduce_scatter_base", opts, [[output]], body)
+        return self._collective("_reduce_scatter_base", opts, [[output]], body, input)
 
     reduce_scatter_single = _reduce_scatter_base  # torch 2.13's name
 
@@ -750,7 +849,7 @@ class ProcessGroup:
                     ctx.sub_operation(index), output, input, op, factor, self._size
                 )
 
-        return self._collective("reduce_scatter_tensor_coalesced", opts, [outputs], body)
+        return self._collective("reduce_scatter_tensor_coalesced", opts, [outputs], body, inputs)
 
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced  # torch 2.13's name
 
@@ -783,7 +882,7 @@ class ProcessGroup:
             exchange.alltoall(ctx, [flat_contiguous(t) for t in sends], [t.view(-1) for t in recvs])
             staged.finish()
 
-        return self._collective("alltoall_base", opts, [[output]], body)
+        return self._collective("alltoall_base", opts, [[output]], body, input)
 
     all_to_all_single = alltoall_base  # torch 2.13's name (``dist.all_to_all_single``)
 
@@ -796,7 +895,12 @@ class ProcessGroup:
     ) -> Work:
         """``input_tensors[j]`` of rank i lands in ``output_tensors[i]`` of rank j."""
         opts = opts if opts is not None else AllToAllOptions()
-        check.check_alltoall(self._rank, self._size, output_tensors, input_tensors, opts)
+        try:
+            check.check_alltoall(self._rank, self._size, output_tensors, input_tensors, opts)
+        except check.RankArgumentError as exc:
+            sig = exchange.alltoall_signature(output_tensors)
+            self._refuse("alltoall", sig, str(exc), opts)
+            raise
 
         def body(ctx: OpContext) -> None:
             staged = [_Staged(t) for t in output_tensors]
@@ -808,7 +912,7 @@ class ProcessGroup:
             for s in staged:
                 s.finish()
 
-        return self._collective("alltoall", opts, [output_tensors], body)
+        return self._collective("alltoall", opts, [output_tensors], body, input_tensors)
 
     # -- barrier ------------------------------------------------------------------------------
     def barrier(
@@ -851,7 +955,9 @@ class ProcessGroup:
         """Send ``tensors[0]`` to ``dstRank`` under ``tag`` (messages to one peer stay ordered)."""
         check.check_send(self._rank, self._size, tensors, dstRank, tag)
         self._require_backend()
-        work = Work("send", -1, [tensors])
+        timeout = self.options.timeout
+        work = Work("send", -1, [tensors], group=self, timeout=timeout, peer=dstRank)
+        work._start()
         try:
             data = flat_contiguous(tensors[0])
             self._transport.send(dstRank, p2p_tag(tag), byte_view(data), self._p2p_deadline())
@@ -876,7 +982,8 @@ class ProcessGroup:
 
     def _recv(self, tensors: list[torch.Tensor], sources: list[int], tag: int, key: object) -> Work:
         self._require_backend()
-        work = Work("recv", -1, [tensors])
+        peer = sources[0] if len(sources) == 1 else -1
+        work = Work("recv", -1, [tensors], group=self, timeout=self.options.timeout, peer=peer)
 
         def run() -> Any:
             staged = _Staged(tensors[0])
@@ -948,6 +1055,14 @@ def _options(
     if given is not None:
         built.timeout = given
     return built
+
+
+def _rooted_signature(op_type: str, tensor: torch.Tensor, root: int) -> Signature:
+    """The signature of a ``gather`` (``tensor``: this rank's input) or ``scatter``
+    (``tensor``: this rank's output) rooted at ``root``, as its algorithm computes it."""
+    if op_type == "gather":
+        return exchange.gather_signature(tensor, root)
+    return exchange.scatter_signature(tensor, root)
 
 
 def _split_rows(tensor: torch.Tensor, split_sizes: list[int], parts: int) -> list[torch.Tensor]:

@@ -5,6 +5,11 @@ is called, in the same order and with the same messages (``ProcessGroupGloo::<op
 first error a bad call hits is the one torch reports. Checks torch only makes later, when the work
 runs (unsupported dtypes, reductions a dtype cannot do, split sizes), are made here up front.
 Errors are ``RuntimeError`` as in torch, ``TypeError`` for arguments that are not tensors.
+
+A check that only this rank can make, because the ranks' arguments legitimately differ there
+(a gather root's output list, a scatter root's input list, a list passed on a non-root), raises
+:class:`RankArgumentError`: the process group then refuses the collective on every rank
+instead of leaving the others in it (see ``ProcessGroup._refuse``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .options import (
 
 __all__ = [
     "BACKEND_NAME",
+    "RankArgumentError",
     "check_allgather",
     "check_allgather_base",
     "check_allgather_coalesced",
@@ -82,6 +88,11 @@ Tensors = Sequence[torch.Tensor]
 """A list (or tuple) of tensors, as the collectives take them."""
 TensorLists = Sequence[Sequence[torch.Tensor]]
 """A list of tensor lists (``allgather`` outputs, ``scatter`` inputs, ...)."""
+
+
+class RankArgumentError(RuntimeError):
+    """A bad argument only this rank can see (its peers' legitimately differ): the collective
+    is refused on every rank rather than left to the others."""
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -458,21 +469,10 @@ def check_gather(
     check_root_rank(name, root, size)
     check_single_tensor(name, input_tensors, "input tensor list")
     check_dense(name, input_tensors)
-    if rank == root:
-        if len(output_lists) != 1:
-            fail(
-                name,
-                f"requires a single-element output list containing a list with {size} tensors.",
-            )
-        if len(output_lists[0]) != size:
-            fail(
-                name,
-                f"Incorrect output list size {len(output_lists[0])}. Output list size should be "
-                f"{size}, same as size of the process group.",
-            )
-        check_same_type_and_size(name, output_lists[0], input_tensors[0])
-    elif len(output_lists) != 0:
-        fail(name, "requires empty output on non-root")
+    try:
+        _check_gather_outputs(name, rank == root, size, output_lists, input_tensors[0])
+    except RuntimeError as exc:
+        fail_rank_from(exc)
     check_dtype_supported(name, input_tensors[0].dtype)
 
 
@@ -492,22 +492,54 @@ def check_scatter(
     check_root_rank(name, root, size)
     check_single_tensor(name, output_tensors, "output tensor list")
     check_dense(name, output_tensors)
-    if rank == root:
-        if len(input_lists) != 1:
-            fail(
-                name,
-                f"requires a single-element input list containing a list with {size} tensors.",
-            )
-        if len(input_lists[0]) != size:
-            fail(
-                name,
-                f"Incorrect input list size {len(input_lists[0])}. Input list size should be "
-                f"{size}, same as size of the process group.",
-            )
-        check_same_type_and_size(name, input_lists[0], output_tensors[0])
-    elif len(input_lists) != 0:
-        fail(name, "requires empty input on non-root")
+    try:
+        _check_scatter_inputs(name, rank == root, size, input_lists, output_tensors[0])
+    except RuntimeError as exc:
+        fail_rank_from(exc)
     check_dtype_supported(name, output_tensors[0].dtype)
+
+
+def fail_rank_from(exc: RuntimeError) -> NoReturn:
+    """Raise ``exc``'s message as a :class:`RankArgumentError`."""
+    raise RankArgumentError(str(exc)) from None
+
+
+def _check_gather_outputs(
+    name: str, is_root: bool, size: int, output_lists: TensorLists, input: torch.Tensor
+) -> None:
+    """The root passes ``[[size tensors]]`` of the input's type and size, others ``[]``."""
+    if not is_root:
+        if len(output_lists) != 0:
+            fail(name, "requires empty output on non-root")
+        return
+    if len(output_lists) != 1:
+        fail(name, f"requires a single-element output list containing a list with {size} tensors.")
+    if len(output_lists[0]) != size:
+        fail(
+            name,
+            f"Incorrect output list size {len(output_lists[0])}. Output list size should be "
+            f"{size}, same as size of the process group.",
+        )
+    check_same_type_and_size(name, output_lists[0], input)
+
+
+def _check_scatter_inputs(
+    name: str, is_root: bool, size: int, input_lists: TensorLists, output: torch.Tensor
+) -> None:
+    """The root passes ``[[size tensors]]`` of the output's type and size, others ``[]``."""
+    if not is_root:
+        if len(input_lists) != 0:
+            fail(name, "requires empty input on non-root")
+        return
+    if len(input_lists) != 1:
+        fail(name, f"requires a single-element input list containing a list with {size} tensors.")
+    if len(input_lists[0]) != size:
+        fail(
+            name,
+            f"Incorrect input list size {len(input_lists[0])}. Input list size should be "
+            f"{size}, same as size of the process group.",
+        )
+    check_same_type_and_size(name, input_lists[0], output)
 
 
 # -- reduce_scatter family ---------------------------------------------------------------------
@@ -591,7 +623,10 @@ def check_alltoall(
     opts: AllToAllOptions | None = None,
 ) -> None:
     """``alltoall(output_tensors, input_tensors, opts)``: ``size`` dense tensors each, all of
-    one type. Sizes may differ (torch's gloo wants output i and input i the same size)."""
+    one type. Sizes may differ (torch's gloo wants them all equal), but the block a rank sends
+    itself must fit: ``outputs[rank]`` holds as many elements as ``inputs[rank]`` (that it
+    checks alone: :class:`RankArgumentError`). Blocks between ranks are checked when the ranks
+    exchange their sizes, before any data moves."""
     name = "alltoall"
     _require_tensor_list(name, output_tensors)
     _require_tensor_list(name, input_tensors)
@@ -608,6 +643,12 @@ def check_alltoall(
     if not all(same_type(t, reference) for t in output_tensors):
         fail(name, "input and output tensors must have the same type")
     check_dtype_supported(name, reference.dtype)
+    mine, into = input_tensors[rank], output_tensors[rank]
+    if mine.numel() != into.numel():  # the block a rank sends itself: only it can check that
+        raise RankArgumentError(
+            f"{BACKEND_NAME}::{name}: invalid tensor size at index {rank} "
+            f"(expected {format_sizes(mine.shape)}, got {format_sizes(into.shape)})"
+        )
 
 
 def _check_split_sizes(name: str, splits: Sequence[int], tensor: torch.Tensor, size: int) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from ..core.errors import DistBackendError
 from ..core.timeouts import TimeoutLike, format_ms, to_seconds
+from . import flight_recorder as _fr
 
 
 class Work:
@@ -18,9 +19,25 @@ class Work:
 
     ``get_future()`` returns a ``torch.futures.Future`` completed with what torch's Gloo backend
     puts there: the output tensors of the operation.
+
+    Each Work of a group is an entry of the flight recorder (see
+    :mod:`pyc10d.process_group.flight_recorder`): "scheduled" when made, "started" when the
+    engine calls :meth:`_start`, "completed" when it succeeds. The keyword arguments describe
+    the operation for it: ``group`` (the ProcessGroup; None: not recorded), ``inputs`` (None:
+    the outputs), ``timeout`` and ``peer`` (the other rank of a send or receive).
     """
 
-    def __init__(self, op_type: str, seq: int, outputs: list[Any]) -> None:
+    def __init__(
+        self,
+        op_type: str,
+        seq: int,
+        outputs: list[Any],
+        *,
+        group: Any = None,
+        inputs: Any = None,
+        timeout: Any = None,
+        peer: int | None = None,
+    ) -> None:
         self.op_type = op_type
         self.seq = seq
         self._outputs = outputs
@@ -34,8 +51,19 @@ class Work:
         self._source = -1  # the sender, for receives
         # (work, run_here): runs the still-queued operation inline, or wakes its engine
         self._steal: Callable[[Work, bool], object] | None = None
+        recorder = _fr.current()
+        self._fr_entry: _fr.Entry | None = None
+        if recorder is not None and group is not None:  # others: no group's operation
+            self._fr_entry = recorder.record(group, op_type, seq, inputs, outputs, timeout, peer)
 
     # -- completion (called by the engine) ------------------------------------------------------
+    def _start(self) -> None:
+        """The operation begins running: the flight recorder's "started" (torch's
+        ``time_discovered_started_ns``)."""
+        entry = self._fr_entry
+        if entry is not None:
+            entry.start()
+
     def _complete(self, value: Any) -> None:
         self._finish(value, None)
 
@@ -43,6 +71,13 @@ class Work:
         self._finish(None, exc)
 
     def _finish(self, value: Any, exc: BaseException | None) -> None:
+        entry = self._fr_entry
+        if entry is not None:  # first: a timeout's dump is written before anyone sees the error
+            self._fr_entry = None
+            if exc is None:
+                entry.complete()
+            else:
+                _fr.failed(entry, exc)
         with self._lock:
             self._value, self._exception, self._done = value, exc, True
             future = self._future

@@ -309,10 +309,12 @@ def spawn(
             "WORLD_SIZE": str(world_size),
             "LOCAL_WORLD_SIZE": str(world_size),
         }
-        # flight-recorder dumps (a rank that times out writes one) go with the run's temp files
+        # flight-recorder dumps go with the run's temp files, and are off unless asked for (a
+        # rank's first dump takes a second: torch's stack symbolizer starting)
         common["TORCH_FR_DUMP_TEMP_FILE"] = os.environ.get(
             "TORCH_FR_DUMP_TEMP_FILE", os.path.join(tmpdir, "fr_trace_rank_")
         )
+        common["TORCH_NCCL_DUMP_ON_TIMEOUT"] = os.environ.get("TORCH_NCCL_DUMP_ON_TIMEOUT", "0")
         # pyc10d's own settings (PYC10D_TRANSPORT...) follow the parent's current environment
         common.update({k: v for k, v in os.environ.items() if k.startswith("PYC10D_")})
         extra = {str(k): str(v) for k, v in (env or {}).items()}

@@ -177,12 +177,14 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
     _set_default_timeout = set_timeout
 
     def shutdown(self) -> None:
-        """Fail pending operations, close connections, join threads (idempotent)."""
+        """Let issued operations finish (within the timeout), then close connections and join
+        threads (idempotent; torch's ``shutdown``)."""
         self.pg.shutdown()
 
     def abort(self) -> None:
-        """Like :meth:`shutdown`: pending operations fail at once, without waiting for peers."""
-        self.pg.shutdown()
+        """Pending operations fail at once, without waiting for peers (torch's ``abort``;
+        :meth:`shutdown` lets issued work finish first)."""
+        self.pg.abort()
 
     # -- helpers ------------------------------------------------------------------------------
     def _checked(self, op_name: str, tensors: Sequence[Any]) -> None:

@@ -6,6 +6,11 @@ FIFO order; a message that arrives before its receive is posted is buffered. Eve
 takes a :class:`~pyc10d.core.timeouts.Deadline`. When a peer's connection is lost, the transport is
 failed: every pending and later call raises :class:`~pyc10d.core.errors.PeerFailedError` naming
 that peer. Tags are built as :mod:`pyc10d.core.tags` says.
+
+A rank that gives up on a collective (it timed out or failed there) tells its peers with
+:meth:`Transport.abandon`; their receives of that collective then fail, and
+:meth:`Transport.abandoned` reports it to a rank that finishes the collective without receiving
+anything more (see :mod:`.mailbox`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import abc
 import struct
 from collections.abc import Sequence
 
-from ..core.errors import DistBackendError
+from ..core.errors import CollectiveAbandonedError, DistBackendError
 from ..core.timeouts import Deadline
 
 Buffer = memoryview | bytes | bytearray
@@ -23,6 +28,14 @@ HEADER = struct.Struct("<QQ")
 """The frame header both byte-stream transports (TCP sockets, shared-memory rings) put before
 a payload: its tag and its size in bytes."""
 HEADER_SIZE = HEADER.size
+
+DEADLINE_WINS_S = 0.1
+"""A lost peer noticed when an operation has at most this long left makes the operation wait
+out its deadline and time out: its own deadline wins, as where a departure takes longer to
+notice (Gloo: a 1 ms operation times out even if its peer is leaving)."""
+
+CONTROL_SEND_S = 0.5
+"""The longest a control message (see :meth:`Transport.abandon`) may wait to be sent to a peer."""
 
 
 class Transport(abc.ABC):
@@ -64,3 +77,20 @@ class Transport(abc.ABC):
         """Why one of ``peers`` cannot take part any more (the transport's error, or a peer's
         clean goodbye where the transport knows it); None while they are all there."""
         return self.error
+
+    def abandon(self, seq: int, payload: bytes) -> None:
+        """Tell every peer (best effort, briefly) that this rank gave up on collective ``seq``;
+        ``payload`` says why (:func:`~pyc10d.transport.mailbox.abandon_payload`). The base
+        class's transport has no way to: it does nothing."""
+        return None
+
+    def abandoned(self, seq: int) -> CollectiveAbandonedError | None:
+        """The error of a peer that gave up on collective ``seq``, if one did (so far)."""
+        return None
+
+    def wait_abandoned(
+        self, seq: int, peers: Sequence[int], seconds: float
+    ) -> dict[int, DistBackendError]:
+        """Wait up to ``seconds`` for each of ``peers`` to give up on collective ``seq`` (or to
+        leave); return the errors of those that did, by rank."""
+        return {}

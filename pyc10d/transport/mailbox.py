@@ -4,21 +4,33 @@ A message from ``src`` under ``tag`` completes the oldest posted receive for ``t
 ``src``; with none posted it is buffered ("unexpected"), FIFO per ``(src, tag)``. A transport
 feeds messages in (whole, or claimed first and filled later) and its callers take them out with
 :meth:`Mailbox.receive`. Every state change happens under :attr:`Mailbox.lock`.
+
+Control messages (``abandon_tag(seq)``: a peer gave up on collective ``seq``) are never
+buffered: they fail the receives of that collective that no buffered message serves, now and
+later, with a :class:`~pyc10d.core.errors.CollectiveAbandonedError` built from the payload
+(:func:`abandon_payload`), and messages of that collective arriving later are dropped.
 """
 
 from __future__ import annotations
 
 import _thread
+import json
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ..core.errors import DistBackendError, TransportTimeout, fresh_error
-from ..core.tags import is_p2p, tag_seq
+from ..core.errors import (
+    CollectiveAbandonedError,
+    DistBackendError,
+    PeerFailedError,
+    TransportTimeout,
+    fresh_error,
+)
+from ..core.tags import control_seq, describe_tag, is_control, is_p2p, tag_seq
 from ..core.timeouts import Deadline
-from .base import Buffer
+from .base import DEADLINE_WINS_S, Buffer
 
 POSTED, FILLING, DONE, FAILED, CANCELLED = range(5)
 DISCARD_MEMORY = 1024  # how many discarded collective sequence numbers are remembered
@@ -43,9 +55,36 @@ def lock_timeout(seconds: float) -> float:
 def size_error(src: int, tag: int, expected: int, got: int) -> DistBackendError:
     """The error of a receive whose buffer does not fit the message it matched."""
     return DistBackendError(
-        f"size mismatch for message {tag} from rank {src}: "
+        f"size mismatch for a message of {describe_tag(tag)} from rank {src}: "
         f"expected {expected} bytes, got {got} bytes"
     )
+
+
+def abandon_payload(message: str, blame: Sequence[int] = (), seconds: float | None = None) -> bytes:
+    """The payload of an ``abandon_tag`` message: why its sender gave up (``message``), and, for
+    a timeout of ``seconds``, the ranks it found missing (``blame``)."""
+    body = {"message": message, "blame": list(blame), "seconds": seconds}
+    return json.dumps(body).encode()
+
+
+def abandon_error(src: int, seq: int, payload: Payload) -> CollectiveAbandonedError:
+    """The error that the ``abandon_tag(seq)`` message ``payload`` from ``src`` stands for.
+
+    Besides ``peer`` and ``seq`` it carries ``blame`` (the ranks ``src`` found missing),
+    ``seconds`` (its timeout, None if it failed otherwise) and ``arrived`` (monotonic time).
+    """
+    try:
+        body = json.loads(bytes(payload))
+        message, blame, seconds = str(body["message"]), body["blame"], body["seconds"]
+    except (ValueError, KeyError, TypeError):
+        message, blame, seconds = "it failed there", [], None
+    err = CollectiveAbandonedError(
+        f"rank {src} gave up on collective #{seq}: {message}", peer=src, seq=seq
+    )
+    err.blame = tuple(int(r) for r in blame)
+    err.seconds = seconds
+    err.arrived = time.monotonic()
+    return err
 
 
 class PendingRecv:
@@ -101,6 +140,10 @@ class Mailbox:
         self._arrivals = 0
         self._discarded: set[int] = set()
         self._discard_order: deque[int] = deque()
+        # collective -> {peer: its error}: the peers that gave up on each collective
+        self.abandoned: dict[int, dict[int, CollectiveAbandonedError]] = {}
+        self._abandon_order: deque[int] = deque()
+        self._abandon_seen = threading.Condition(self.lock)
 
     # -- feeding (the caller holds ``lock``) ------------------------------------------------
     def match(self, src: int, tag: int) -> PendingRecv | None:
@@ -208,7 +251,11 @@ class Mailbox:
         return not is_p2p(tag) and tag_seq(tag) in self._discarded
 
     def store(self, src: int, tag: int, payload: Payload) -> None:
-        """Buffer an unexpected message (unless its collective was discarded)."""
+        """Buffer an unexpected message (unless its collective was discarded); act on a control
+        message (no receive is ever posted for one)."""
+        if is_control(tag):
+            self._abandoned_by(src, control_seq(tag), payload)
+            return
         if self._discarded and self.is_discarded(tag):
             return
         if type(payload) is memoryview:
@@ -229,6 +276,47 @@ class Mailbox:
             self.store(src, tag, payload)
         return r
 
+    def _abandoned_by(self, src: int, seq: int, payload: Payload) -> None:
+        """``src`` gave up on collective ``seq``: fail its receives, now and later (lock held)."""
+        errors = self.abandoned.get(seq)
+        if errors is None:
+            errors = self.abandoned[seq] = {}
+            self._abandon_order.append(seq)
+            if len(self._abandon_order) > DISCARD_MEMORY:
+                self.abandoned.pop(self._abandon_order.popleft(), None)
+        if src in errors:
+            return
+        err = errors[src] = abandon_error(src, seq, payload)
+        if len(errors) == 1:
+            self._remember_discarded(seq)  # what arrives later: buffered ones stay, to be read
+            for tag in [t for t in self._posted if not is_p2p(t) and tag_seq(t) == seq]:
+                for r in self._posted.pop(tag):
+                    r.finish(FAILED, err)
+        self._abandon_seen.notify_all()
+
+    def first_abandon(self, seq: int) -> CollectiveAbandonedError | None:
+        """The first peer's error for giving up on collective ``seq``, if one did."""
+        errors = self.abandoned.get(seq) if self.abandoned else None
+        return next(iter(errors.values())) if errors else None
+
+    def wait_abandoned(
+        self, seq: int, peers: Sequence[int], seconds: float
+    ) -> dict[int, DistBackendError]:
+        """Wait up to ``seconds`` until every one of ``peers`` gave up on collective ``seq``
+        (or closed); return the errors of those that did, by rank."""
+        until = time.monotonic() + seconds
+        with self.lock:
+            while True:
+                done = {}
+                for peer in peers:
+                    err = self.abandoned.get(seq, {}).get(peer) or self.closed.get(peer)
+                    if err is not None:
+                        done[peer] = err
+                remaining = until - time.monotonic()
+                if len(done) == len(peers) or remaining <= 0 or self.error is not None:
+                    return done
+                self._abandon_seen.wait(remaining)
+
     def fail(self, err: DistBackendError) -> None:
         """Record ``err`` (the first one sticks) and fail every posted receive with it."""
         if self.error is None:
@@ -239,10 +327,12 @@ class Mailbox:
             for r in posted:
                 r.finish(FAILED, self.error)
         self._posted.clear()
+        self._abandon_seen.notify_all()
 
     def peer_closed(self, peer: int, err: DistBackendError) -> None:
         """Note that ``peer`` closed cleanly; fail receives that can only be served by it."""
         self.closed[peer] = err
+        self._abandon_seen.notify_all()
         for tag in list(self._posted):
             keep = []
             for r in self._posted[tag]:
@@ -264,14 +354,20 @@ class Mailbox:
     def discard(self, seq: int) -> None:
         """Drop buffered messages of collective ``seq`` and any that arrive later."""
         with self.lock:
-            if seq not in self._discarded:
-                self._discarded.add(seq)
-                self._discard_order.append(seq)
-                if len(self._discard_order) > DISCARD_MEMORY:
-                    self._discarded.discard(self._discard_order.popleft())
-            doomed = [k for k in self._unexpected if self.is_discarded(k[1])]
-            for key in doomed:
-                del self._unexpected[key]
+            self._discard_locked(seq)
+
+    def _remember_discarded(self, seq: int) -> None:
+        if seq not in self._discarded:
+            self._discarded.add(seq)
+            self._discard_order.append(seq)
+            if len(self._discard_order) > DISCARD_MEMORY:
+                self._discarded.discard(self._discard_order.popleft())
+
+    def _discard_locked(self, seq: int) -> None:
+        self._remember_discarded(seq)
+        doomed = [k for k in self._unexpected if self.is_discarded(k[1])]
+        for key in doomed:
+            del self._unexpected[key]
 
     def receive(
         self,
@@ -287,19 +383,9 @@ class Mailbox:
         times out (the filler must then drop the rest and finish it as CANCELLED).
         """
         with self.lock:
-            if self.error is not None:
-                raise fresh_error(self.error)
-            hit = self._take(srcs, tag)
-            if hit is None:
-                self._check_closed(srcs)
-                r = PendingRecv(srcs, out)
-                posted = self._posted.get(tag)
-                if posted is None:
-                    self._posted[tag] = [r]
-                else:
-                    posted.append(r)
-                if self._accept_waiting:
-                    self._receive_posted.notify_all()
+            hit, r, failure = self._take_or_post(srcs, tag, out)
+        if failure is not None:
+            raise _failure(failure, srcs, tag, deadline)
         if hit is not None:
             src, payload = hit
             if out is None:
@@ -308,8 +394,37 @@ class Mailbox:
                 raise size_error(src, tag, out.nbytes, len(payload))
             out[:] = payload
             return src, None
+        assert r is not None
         self._wait(r, tag, deadline, on_cancel)
         return r.src, r.data
+
+    def _take_or_post(
+        self, srcs: tuple[int, ...], tag: int, out: memoryview | None
+    ) -> tuple[tuple[int, Payload] | None, PendingRecv | None, DistBackendError | None]:
+        """``(message, None, None)`` if one is buffered, else ``(None, receive, None)`` with a
+        receive posted, or ``(None, None, error)`` if none can come (lock held). Raises if a
+        peer gave up on the collective."""
+        if self.error is not None:
+            return None, None, self.error
+        hit = self._take(srcs, tag)
+        if hit is not None:
+            return hit, None, None
+        if self.abandoned and not is_p2p(tag):
+            abandoned = self.first_abandon(tag_seq(tag))
+            if abandoned is not None:
+                raise _with_waiters(abandoned, srcs)
+        closed = self._closed_error(srcs)
+        if closed is not None:
+            return None, None, closed
+        r = PendingRecv(srcs, out)
+        posted = self._posted.get(tag)
+        if posted is None:
+            self._posted[tag] = [r]
+        else:
+            posted.append(r)
+        if self._accept_waiting:
+            self._receive_posted.notify_all()
+        return None, r, None
 
     def _take(self, srcs: tuple[int, ...], tag: int) -> tuple[int, Payload] | None:
         """Pop the earliest buffered ``tag`` message from one of ``srcs`` (lock held)."""
@@ -329,10 +444,11 @@ class Mailbox:
             del unexpected[(src, tag)]
         return src, payload
 
-    def _check_closed(self, srcs: tuple[int, ...]) -> None:
-        """Raise if every one of ``srcs`` closed its transport (lock held)."""
+    def _closed_error(self, srcs: tuple[int, ...]) -> DistBackendError | None:
+        """The goodbye of ``srcs`` if every one of them closed its transport (lock held)."""
         if self.closed and all(s in self.closed for s in srcs):
-            raise fresh_error(self.closed[srcs[0]])
+            return self.closed[srcs[0]]
+        return None
 
     def _wait(
         self, r: PendingRecv, tag: int, deadline: Deadline, on_cancel: Callable[[], None]
@@ -348,21 +464,49 @@ class Mailbox:
                 elif state == FILLING:
                     r.cancelled = True
             if state == POSTED:
-                raise _timeout(r, tag, deadline)
+                raise _timeout(r.srcs, tag, deadline)
             if state == FILLING:
                 on_cancel()
             if not r.done.acquire(True, CANCEL_GRACE_S):
-                raise _timeout(r, tag, deadline)
+                raise _timeout(r.srcs, tag, deadline)
         if r.state != DONE:
-            if r.state == CANCELLED:
-                raise _timeout(r, tag, deadline)
-            raise fresh_error(r.error or self.error or DistBackendError("receive failed"))
+            raise self._ended(r, tag, deadline)
+
+    def _ended(self, r: PendingRecv, tag: int, deadline: Deadline) -> DistBackendError:
+        """The error to raise for receive ``r``, which ended without its message."""
+        if r.state == CANCELLED:
+            return _timeout(r.srcs, tag, deadline)
+        err = r.error or self.error or DistBackendError("receive failed")
+        if isinstance(err, CollectiveAbandonedError):
+            return _with_waiters(err, r.srcs)
+        return _failure(err, r.srcs, tag, deadline)
 
 
-def _timeout(r: PendingRecv, tag: int, deadline: Deadline) -> TransportTimeout:
-    """The TransportTimeout of receive ``r``."""
-    if len(r.srcs) == 1:
-        what = f"message {tag} from rank {r.srcs[0]}"
+def _timeout(srcs: tuple[int, ...], tag: int, deadline: Deadline) -> TransportTimeout:
+    """The TransportTimeout of a receive from ``srcs``: it names them, not the tag."""
+    if len(srcs) == 1:
+        what = f"rank {srcs[0]} (its message of {describe_tag(tag)})"
     else:
-        what = f"message {tag} from any of ranks {list(r.srcs)}"
-    return TransportTimeout(what, deadline.seconds)
+        what = f"any of ranks {list(srcs)} (a message of {describe_tag(tag)})"
+    return TransportTimeout(what, deadline.seconds, srcs)
+
+
+def _failure(
+    err: DistBackendError, srcs: tuple[int, ...], tag: int, deadline: Deadline
+) -> DistBackendError:
+    """``err`` (a lost peer, or the transport's end) to raise from a receive; its timeout
+    instead when at most DEADLINE_WINS_S of the deadline is left (waited out first, without the
+    lock): the operation's own deadline wins."""
+    if isinstance(err, PeerFailedError):
+        remaining = deadline.remaining()
+        if remaining <= DEADLINE_WINS_S:
+            time.sleep(remaining)
+            return _timeout(srcs, tag, deadline)
+    return fresh_error(err)
+
+
+def _with_waiters(err: CollectiveAbandonedError, srcs: tuple[int, ...]) -> DistBackendError:
+    """A copy of ``err`` to raise from a receive from ``srcs`` (recorded as ``waiting_for``)."""
+    new = fresh_error(err)
+    new.waiting_for = srcs
+    return new

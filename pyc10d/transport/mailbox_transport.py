@@ -10,9 +10,10 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 
-from ..core.errors import DistBackendError
+from ..core.errors import CollectiveAbandonedError, DistBackendError
+from ..core.tags import abandon_tag
 from ..core.timeouts import Deadline
-from .base import Buffer, Transport
+from .base import CONTROL_SEND_S, Buffer, Transport
 from .mailbox import Mailbox, as_byte_view
 
 
@@ -60,6 +61,29 @@ class MailboxTransport(Transport):
     def discard(self, seq: int) -> None:
         """Drop buffered and future messages of collective ``seq`` (abandoned after a timeout)."""
         self._mb.discard(seq)
+
+    def abandon(self, seq: int, payload: bytes) -> None:
+        """Tell every peer (best effort, at most CONTROL_SEND_S each) that this rank gave up on
+        collective ``seq``, and drop the collective's messages here."""
+        self._mb.discard(seq)
+        for peer in range(self.world_size):
+            if peer == self.rank or peer in self._mb.closed:
+                continue
+            try:
+                self.send(peer, abandon_tag(seq), payload, Deadline(CONTROL_SEND_S))
+            except DistBackendError:
+                pass  # it is gone or stuck: its own receives will fail or time out
+
+    def abandoned(self, seq: int) -> CollectiveAbandonedError | None:
+        """The error of a peer that gave up on collective ``seq``, if one did (so far)."""
+        return self._mb.first_abandon(seq) if self._mb.abandoned else None
+
+    def wait_abandoned(
+        self, seq: int, peers: Sequence[int], seconds: float
+    ) -> dict[int, DistBackendError]:
+        """Wait up to ``seconds`` for each of ``peers`` to give up on collective ``seq`` (or to
+        leave); return the errors of those that did, by rank."""
+        return self._mb.wait_abandoned(seq, peers, seconds)
 
     def close(self) -> None:
         """Close the connections and stop the threads; idempotent."""

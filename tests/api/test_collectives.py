@@ -124,11 +124,12 @@ def _gather_scatter(rank: int, n: int, a: bool) -> None:
     _done(dist.gather(_full(float(rank)), bucket, dst=n - 1, async_op=a), a)
     if rank == n - 1:
         assert [b.tolist() for b in bucket] == [[float(r)] * 2 for r in range(n)]
-    if rank == 1:
-        with pytest.raises(ValueError, match="must NOT be specified on non-destination"):
-            dist.gather(_full(0.0), [torch.zeros(2)] * n, dst=0, async_op=a)
-        with pytest.raises(ValueError, match="must be specified on destination rank"):
-            dist.gather(_full(0.0), None, group_dst=1, async_op=a)
+    # a list only rank 1 gets wrong: torch's ValueError there, and the gather is refused on
+    # every other rank (in that same collective), which then raise naming rank 1
+    bucket = [torch.zeros(2) for _ in range(n)] if rank in (0, 1) else None
+    wrong = "must NOT be specified on non-destination"
+    _refused(rank, wrong, dist.gather, _full(0.0), bucket, 0, a)
+    _refused(rank, "must be specified on destination rank", dist.gather, _full(0.0), None, 1, a)
 
     out = torch.zeros(2)
     chunks = [_full(10.0 + r) for r in range(n)] if rank == n - 1 else None
@@ -138,11 +139,20 @@ def _gather_scatter(rank: int, n: int, a: bool) -> None:
     cchunks = [torch.tensor([1j * r], dtype=torch.complex64) for r in range(n)]
     _done(dist.scatter(cout, cchunks if rank == 0 else [], async_op=a), a)
     assert cout.item() == 1j * rank
+    chunks = [out] * n if rank in (0, 1) else None
+    _refused(rank, "must NOT be specified on non-source ranks", dist.scatter, out, chunks, 0, a)
+    _refused(rank, "must be specified on source rank", dist.scatter, out, None, 1, a)
+
+
+def _refused(rank: int, problem: str, call, tensor, tensors, root: int, a: bool) -> None:
+    """``call(tensor, tensors, root)`` where only rank 1's list is wrong: ValueError on rank 1,
+    the collective refused (DistBackendError quoting it) on every other rank."""
     if rank == 1:
-        with pytest.raises(ValueError, match="must NOT be specified on non-source ranks"):
-            dist.scatter(out, [out] * n, src=0, async_op=a)
-        with pytest.raises(ValueError, match="must be specified on source rank"):
-            dist.scatter(out, None, src=1, async_op=a)
+        with pytest.raises(ValueError, match=problem):
+            call(tensor, tensors, root, async_op=a)
+        return
+    with pytest.raises(dist.DistBackendError, match=f"rank 1 refused its part of .*{problem}"):
+        _done(call(tensor, tensors, root, async_op=a), a)
 
 
 def _reduce_scatters(rank: int, n: int, a: bool) -> None:

@@ -33,7 +33,7 @@ from pyc10d.collectives.context import PREPOST_MIN_BYTES, OpContext
 from pyc10d.collectives.sparse import sparse_allreduce
 from pyc10d.core.errors import DistBackendError, PeerFailedError, TransportTimeout
 from pyc10d.core.reduce_op import ReduceOp
-from pyc10d.core.tags import op_tag, tag_seq
+from pyc10d.core.tags import KINDS, SIGNATURE_STEP, op_tag, tag_seq
 from pyc10d.core.timeouts import Deadline
 from pyc10d.transport.base import Buffer, Transport
 
@@ -99,10 +99,26 @@ def _fresh(err: DistBackendError) -> DistBackendError:
     return new
 
 
+SIGNATURE_BYTES = 16
+
+
+def data_bytes(tag: int, payload: bytes) -> int | None:
+    """The data a message carries; None for a signature message that carries none. Signature
+    messages (every collective over a transport starts with them) carry data only for the small
+    allreduce, whose data follows its signature."""
+    if tag & 0xFFFF != SIGNATURE_STEP:
+        return len(payload)
+    if KINDS[payload[7]] == "allreduce" and len(payload) > SIGNATURE_BYTES:
+        return len(payload) - SIGNATURE_BYTES
+    return None
+
+
 @dataclass
 class RankStats:
-    """What one rank sent and received through the fake network."""
+    """What one rank sent and received through the fake network: data messages (signature
+    messages are counted apart, in ``signatures``; see :func:`data_bytes`)."""
 
+    signatures: int = 0
     sent_messages: int = 0
     sent_bytes: int = 0
     received_messages: int = 0
@@ -181,12 +197,16 @@ class FakeTransport(Transport):
         with net.cond:
             self._check()
             stats = net.stats[self.rank]
-            stats.sent_messages += 1
-            stats.sent_bytes += len(payload)
-            stats.sent_sizes.append(len(payload))
-            stats.sent_to.append(dst)
-            stats.sent_tags.append(tag)
             stats.tags.add(tag)
+            size = data_bytes(tag, payload)
+            if size is None:
+                stats.signatures += 1
+            else:
+                stats.sent_messages += 1
+                stats.sent_bytes += size
+                stats.sent_sizes.append(size)
+                stats.sent_to.append(dst)
+                stats.sent_tags.append(tag)
             if tag_seq(tag) in net.discarded[dst]:
                 return
             key = (dst, self.rank, tag)
@@ -210,9 +230,11 @@ class FakeTransport(Transport):
                     src, queue = best
                     payload = queue.popleft()[1]
                     stats = net.stats[self.rank]
-                    stats.received_messages += 1
-                    stats.received_bytes += len(payload)
                     stats.tags.add(tag)
+                    size = data_bytes(tag, payload)
+                    if size is not None:
+                        stats.received_messages += 1
+                        stats.received_bytes += size
                     return src, payload
                 remaining = deadline.remaining()
                 if remaining <= 0:
@@ -605,39 +627,16 @@ def test_many_coalesced_parts_keep_distinct_tags_of_their_collective(parts: int,
 
 
 @pytest.mark.xfail(strict=True, reason=SUB_OPERATION_BUG)
-def test_late_message_of_coalesced_part_256_is_discarded_with_its_collective() -> None:
-    """Rank 1 is late for coalesced collective 6 (parts 0 and 256 non-empty): rank 0 times out
-    and discards it; rank 1's late part-256 message must be dropped too, not matched by
-    collective 7 (it is, so rank 0 silently gets rank 1's stale data in collective 7)."""
-    seq, numel = 6, 5
-    network = FakeNetwork(2)
-    parts = [
-        [make_data((rank, i), numel if i in (0, 256) else 0, torch.float32) for i in range(257)]
-        for rank in range(2)
-    ]
-
-    def coalesced(ctx: OpContext) -> object:
-        return allreduce_parts(ctx, parts[ctx.rank])
-
-    first = run_ranks(2, coalesced, seconds=SHORT_S, silent=[1], network=network, seq=seq)
-    assert isinstance(first.errors[0], TransportTimeout)
-    network.transports[0].discard(seq)
-    late = run_ranks(2, coalesced, seconds=SHORT_S, silent=[0], network=network, seq=seq)
-    assert isinstance(late.errors[1], TransportTimeout)  # part 0 done, part 256 times out
-    network.transports[1].discard(seq)
-
-    inputs = [make_data((rank, 1000), numel, torch.float32) for rank in range(2)]
-
-    def body(ctx: OpContext) -> torch.Tensor:
-        flat = inputs[ctx.rank].clone()
-        allreduce_algos.allreduce(ctx, flat, ReduceOp.SUM)
-        return flat
-
-    results = run_ranks(2, body, network=network, seq=seq + 1).results
-    for rank, result in enumerate(results):
-        assert result is not None, rank
-        assert_same_bits(result, reference(ReduceOp.SUM, inputs))
-    assert network.undelivered() == {}
+@pytest.mark.parametrize("seq", [6, 7], ids=["even_seq", "odd_seq"])
+def test_signature_tag_of_coalesced_part_256_stays_in_its_collective(seq: int) -> None:
+    """Every tag of part 256 of collective ``seq`` (its signature's first) must belong to
+    ``seq``, so that ``discard(seq)`` drops a late one instead of collective ``seq + 1``
+    matching it; part 256's signature tag is the next collective's (even ``seq``) or part 0's."""
+    ctx = OpContext(FakeNetwork(2).transports[0], 0, 2, seq, Deadline(OP_S))
+    part = ctx.sub_operation(256)
+    tag = op_tag(seq, part.step_base + SIGNATURE_STEP)
+    assert tag_seq(tag) == seq
+    assert tag != op_tag(seq, SIGNATURE_STEP)
 
 
 # -- reduce ----------------------------------------------------------------------------------------
@@ -747,9 +746,9 @@ def test_allgather_even(size: int, numel: int, preposts: PrepostCounter) -> None
 
 
 @pytest.mark.parametrize("size", MULTI)
-def test_allgather_uneven_sizes(size: int) -> None:
-    """Inputs of different sizes per rank (some ranks take the pairwise path, some the direct
-    one, independently) land in receive buffers of the matching sizes."""
+def test_allgather_uneven_sizes_fail_every_rank(size: int) -> None:
+    """Inputs of different sizes per rank are ranks disagreeing on the collective: every rank
+    raises, naming itself and a rank that runs another size (their signatures differ)."""
     sizes = uneven_sizes(size)
     inputs = [make_data((rank,), sizes[rank], torch.float32, "random") for rank in range(size)]
 
@@ -758,9 +757,15 @@ def test_allgather_uneven_sizes(size: int) -> None:
         exchange.allgather(ctx, inputs[ctx.rank].clone(), recv)
         return recv
 
-    for recv in run_ranks(size, body).values():
-        for peer in range(size):
-            assert_same_bits(recv[peer], inputs[peer])
+    check_mismatch_everywhere(run_ranks(size, body), "allgather")
+
+
+def check_mismatch_everywhere(out: Outcome, kind: str) -> None:
+    """Every rank raised the signature mismatch error of ``kind``, naming itself first."""
+    for rank, err in enumerate(out.errors):
+        assert isinstance(err, DistBackendError), (rank, err)
+        assert str(err).startswith(f"rank {rank} ran {kind}"), (rank, err)
+        assert "as collective #" in str(err), (rank, err)
 
 
 # -- all-to-all ------------------------------------------------------------------------------------
@@ -892,7 +897,8 @@ def test_reduce_scatter_output_aliasing_own_input_block(size: int) -> None:
 @pytest.mark.parametrize("uneven", [False, True], ids=["even", "uneven"])
 @pytest.mark.parametrize(("size", "root"), ROOTS, ids=param_id)
 def test_gather_onto_every_root(size: int, root: int, uneven: bool) -> None:
-    """The root's ``recv[p]`` holds rank p's input; each non-root sends once, to the root."""
+    """The root's ``recv[p]`` holds rank p's input; each non-root sends once, to the root.
+    Inputs of different sizes fail every rank (their signatures differ) before data moves."""
     sizes = uneven_sizes(size) if uneven else [9] * size
     inputs = [make_data((rank,), sizes[rank], torch.float64, "random") for rank in range(size)]
 
@@ -902,6 +908,10 @@ def test_gather_onto_every_root(size: int, root: int, uneven: bool) -> None:
         return recv
 
     out = run_ranks(size, body)
+    if uneven and len(set(sizes)) > 1:
+        check_mismatch_everywhere(out, "gather")
+        assert all(stats.sent_messages == 0 for stats in out.stats)
+        return
     gathered = out.values()[root]
     for peer in range(size):
         assert_same_bits(gathered[peer], inputs[peer])
@@ -912,7 +922,8 @@ def test_gather_onto_every_root(size: int, root: int, uneven: bool) -> None:
 @pytest.mark.parametrize("uneven", [False, True], ids=["even", "uneven"])
 @pytest.mark.parametrize(("size", "root"), ROOTS, ids=param_id)
 def test_scatter_from_every_root(size: int, root: int, uneven: bool) -> None:
-    """Rank r receives the root's ``send[r]``; only the root sends, once to each other rank."""
+    """Rank r receives the root's ``send[r]``; only the root sends, once to each other rank.
+    Outputs of different sizes fail every rank (their signatures differ) before data moves."""
     sizes = uneven_sizes(size) if uneven else [9] * size
     blocks = [make_data((root, r), sizes[r], torch.int64) for r in range(size)]
 
@@ -923,6 +934,10 @@ def test_scatter_from_every_root(size: int, root: int, uneven: bool) -> None:
         return recv
 
     out = run_ranks(size, body)
+    if uneven and len(set(sizes)) > 1:
+        check_mismatch_everywhere(out, "scatter")
+        assert all(stats.sent_messages == 0 for stats in out.stats)
+        return
     for rank, recv in enumerate(out.values()):
         assert_same_bits(recv, blocks[rank])
         if rank != root:
@@ -932,13 +947,13 @@ def test_scatter_from_every_root(size: int, root: int, uneven: bool) -> None:
 
 # -- barrier ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", WORLDS)
-def test_barrier_completes_in_log_rounds(size: int) -> None:
-    """Every rank passes; the dissemination barrier sends ceil(log2 N) empty messages per rank."""
+def test_barrier_is_one_round_of_signatures(size: int) -> None:
+    """Every rank passes; each rank sends every other rank its signature and no data."""
     out = run_ranks(size, exchange.barrier)
     out.values()
-    rounds = math.ceil(math.log2(size)) if size > 1 else 0
     for stats in out.stats:
-        assert stats.sent_sizes == [0] * rounds
+        assert stats.sent_messages == 0
+        assert stats.signatures == size - 1
 
 
 @pytest.mark.parametrize(
@@ -1030,7 +1045,8 @@ def _sparse_body(ctx: OpContext) -> object:
 
 RING_PREPOST = 3 * F32_PREPOST  # a 3-rank ring whose chunks are all posted first
 SILENT_CASES = {
-    # name: (world, silent rank, body, ranks that must time out; the others must succeed)
+    # name: (world, silent rank, body, ranks that need its data: every rank needs its signature,
+    # so every other rank times out, these as much as the others)
     "allreduce_direct": (3, 2, _allreduce_body(9), {0, 1}),
     "allreduce_ring": (3, 1, _allreduce_body(DIRECT_MAX_BYTES // 4 + 1), {0, 2}),
     "allreduce_ring_prepost": (3, 0, _allreduce_body(RING_PREPOST), {1, 2}),
@@ -1103,16 +1119,16 @@ SILENT_CASES = {
 @sparse_warning
 @pytest.mark.parametrize("case", list(SILENT_CASES))
 def test_silent_peer_times_out_instead_of_hanging(case: str) -> None:
-    """A peer that never sends makes exactly the ranks that need its data raise TransportTimeout
-    at the deadline; ranks that do not need it complete."""
-    size, silent, body, timed_out = SILENT_CASES[case]
+    """A peer that never sends makes every other rank raise TransportTimeout at the deadline
+    (every rank waits for every rank's signature, so none completes a collective a rank missed;
+    the ranks that need the silent rank's data among them)."""
+    size, silent, body, needs_it = SILENT_CASES[case]
     out = run_ranks(size, body, seconds=SHORT_S, silent=[silent])
+    assert needs_it <= set(range(size)) - {silent}
     for rank in range(size):
-        if rank in timed_out:
+        if rank != silent:
             assert isinstance(out.errors[rank], TransportTimeout), (rank, out.errors[rank])
             assert out.errors[rank].seconds == SHORT_S
-        elif rank != silent:
-            assert out.errors[rank] is None, (rank, out.errors[rank])
 
 
 CRASH_CASES = {

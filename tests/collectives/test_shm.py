@@ -385,9 +385,9 @@ def test_outputs_aliasing_inputs(world_size):
 # -- timeouts -----------------------------------------------------------------------------------
 def late_joiner(ctx, kind: str, n: int, slot_bytes: int, later_seconds: float) -> str:
     """After a first collective that every rank runs, rank 1 is late for collective #2: the
-    others time out naming it and abandon it; rank 1 then joins #2 with a short deadline (it
-    may fail; if it returns, its result must be right), and #3..#5, issued by every rank (the
-    same operation and size as #2), work everywhere."""
+    others time out naming it and abandon it; rank 1 then joins #2 with a short deadline and
+    must fail too (the others gave up on it: no rank keeps a result of it), and #3..#5, issued
+    by every rank (the same operation and size as #2), work everywhere."""
     rank, world = ctx.rank, ctx.world_size
     arena = arena_of(ctx, slot_bytes)
     base = torch.arange(n, dtype=torch.float32)
@@ -418,16 +418,16 @@ def late_joiner(ctx, kind: str, n: int, slot_bytes: int, later_seconds: float) -
         named = re.match(r"Timed out waiting 300ms for rank\(s\) ([\d, ]+) in shared-mem", message)
         assert named and "1" in named.group(1).split(", "), message
         assert time.monotonic() - start < 5
-        arena.abandon()
+        arena.abandon(2)
         ctx.store.set(f"timed-out/{rank}", "1")
     else:
         others = [f"timed-out/{r}" for r in range(world) if r != 1]
         ctx.store.wait(others, timedelta(seconds=30))
         try:
             collective(2, 0.5)
-        except DistBackendError as exc:  # a timeout, or the others' abandoning it noticed
-            outcome = f"late one failed: {type(exc).__name__}"
-            arena.abandon()
+        except DistBackendError as exc:  # the others' abandoning it noticed
+            outcome = f"late one failed: {type(exc).__name__}: {exc}"
+            arena.abandon(2)
     for seq in (3, 4, 5):
         collective(seq, later_seconds)
     ctx.store.barrier("late-done", world, 30)
@@ -447,16 +447,23 @@ def late_joiner(ctx, kind: str, n: int, slot_bytes: int, later_seconds: float) -
 def test_timeout_names_the_late_rank_and_arena_stays_usable(world_size, kind, n, slot_bytes):
     outcomes = run(late_joiner, world_size, kind, n, slot_bytes, OP_SECONDS)
     assert outcomes[0] == "ok" and outcomes[2:] == ["ok"] * (world_size - 2)
+    check_late_one_failed(outcomes[1])
+
+
+def check_late_one_failed(outcome: str) -> None:
+    """Rank 1, late for collective #2, raised naming a rank that gave up on it (not a result)."""
+    assert outcome.startswith("late one failed: CollectiveAbandonedError: rank "), outcome
+    assert "gave up on collective #2" in outcome, outcome
 
 
 @world_sizes(2, 3)
 @pytest.mark.parametrize("kind", ["allreduce", "allgather"])
 def test_late_rank_in_multi_round_collective_does_not_block_the_next(world_size, kind):
     # 1000 float32 in 256-byte slots: 16 rounds, no slice-parallel phase
-    run(late_joiner, world_size, kind, 1000, 256, 1.5)
+    check_late_one_failed(run(late_joiner, world_size, kind, 1000, 256, 1.5)[1])
 
 
 @world_sizes(2, 3)
-def test_late_rank_gets_an_error_or_the_right_allgather(world_size):
+def test_late_rank_gets_an_error_not_the_allgather(world_size):
     # 3 rounds of the default 4 MiB slot
-    run(late_joiner, world_size, "allgather", 3 * MiB, 4 * MiB, 1.5)
+    check_late_one_failed(run(late_joiner, world_size, "allgather", 3 * MiB, 4 * MiB, 1.5)[1])

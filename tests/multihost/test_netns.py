@@ -145,9 +145,9 @@ def named_ranks(text: str) -> set[int]:
     ("elements", "names_lost_rank"),
     [
         (1000, True),  # direct exchange: every rank waits on rank 2's own message
-        # ring: rank 1 may wait on rank 0 (alive, itself waiting on rank 2), or on a send to
-        # rank 2, or see rank 0 or 1 exit first: which rank its error names depends on timing
-        (300_000, False),
+        # ring: rank 1 may wait on rank 0 (alive, itself waiting on rank 2): the blame is passed
+        # along the chain, so it names rank 2 too
+        (300_000, True),
     ],
 )
 def test_link_down_fails_within_timeout(

@@ -1,7 +1,9 @@
 """More of torch's ProcessGroupGloo tests (CPU), run across processes on a live ProcessGroup.
 
 Covers what tests/process_group/test_process_group.py does not: every ``*_checks`` test of the
-seed issued through a real group (the group stays usable and its sequence number does not move),
+seed issued through a real group (the group stays usable and its sequence number does not move,
+except for the checks only one rank can make, of a gather or scatter root's list or a list on a
+non-root: those refuse the collective on every rank, taking its sequence number),
 the remaining stress and async tests, point-to-point all-to-all and complex tensors, dtype
 coverage, large messages, barrier ordering, store timeouts and ``tcp://`` rendezvous.
 """
@@ -18,6 +20,7 @@ import torch
 import pyc10d
 from pyc10d import ProcessGroup, ReduceOp
 from pyc10d.process_group import options as o
+from pyc10d.process_group.validation import RankArgumentError
 from pyc10d.testing import spawn, world_sizes
 
 from tests.helpers.pg import make_pg, opts_of, value_of
@@ -28,13 +31,19 @@ pytestmark = pytest.mark.both_transports
 TIMEOUT = 90
 
 
+REFUSED = "refused"
+
+
 def expect_errors(pg, cases, error=RuntimeError):
-    """Run each ``(regex, call)``; each must raise ``error`` before anything is issued."""
-    start = pg._get_sequence_number_for_group()
-    for regex, call in cases:
-        with pytest.raises(error, match=regex):
+    """Run each ``(regex, call)``; each must raise ``error`` before anything is issued. A case
+    ``(regex, call, REFUSED)`` is a check only this rank can make: it raises
+    ``RankArgumentError`` and takes one sequence number (the collective it refuses)."""
+    for regex, call, *refused in cases:
+        start = pg._get_sequence_number_for_group()
+        expected = RankArgumentError if refused else error
+        with pytest.raises(expected, match=regex):
             call()
-        assert pg._get_sequence_number_for_group() == start, regex
+        assert pg._get_sequence_number_for_group() == start + len(refused), regex
 
 
 # -- the seed's *_checks tests, through a live group -------------------------------------------
@@ -111,13 +120,21 @@ def _gather_cases(pg, rank, size, t1, t2, t3):
         ("invalid root rank", gat([], [t1], size)),
         ("requires a single-element input tensor list", gat([], [], 0)),
         ("requires a single-element input tensor list", gat([], [t1, t1], 0)),
-        ("requires a single-element output list", gat([], [t1], rank)),
-        ("requires a single-element output list", gat([[t1] * size, [t1] * size], [t1], rank)),
-        (wrong.format(size - 1, size), gat([[t1] * (size - 1)], [t1], rank)),
-        (wrong.format(size + 1, size), gat([[t1] * (size + 1)], [t1], rank)),
-        ("invalid tensor type", gat([[t2] * size], [t1], rank)),
-        ("invalid tensor size", gat([[t3] * size], [t1], rank)),
-        ("requires empty output on non-root", gat([[t1] * size], [t1], (rank + 1) % size)),
+        ("requires a single-element output list", gat([], [t1], rank), REFUSED),
+        (
+            "requires a single-element output list",
+            gat([[t1] * size, [t1] * size], [t1], rank),
+            REFUSED,
+        ),
+        (wrong.format(size - 1, size), gat([[t1] * (size - 1)], [t1], rank), REFUSED),
+        (wrong.format(size + 1, size), gat([[t1] * (size + 1)], [t1], rank), REFUSED),
+        ("invalid tensor type", gat([[t2] * size], [t1], rank), REFUSED),
+        ("invalid tensor size", gat([[t3] * size], [t1], rank), REFUSED),
+        (
+            "requires empty output on non-root",
+            gat([[t1] * size], [t1], (rank + 1) % size),
+            REFUSED,
+        ),
     ]
 
 
@@ -132,13 +149,21 @@ def _scatter_cases(pg, rank, size, t1, t2, t3):
         ("invalid root rank", sca([t1], [], size)),
         ("requires a single-element output tensor list", sca([], [], 0)),
         ("requires a single-element output tensor list", sca([t1, t1], [], 0)),
-        ("requires a single-element input list", sca([t1], [], rank)),
-        ("requires a single-element input list", sca([t1], [[t1] * size, [t1] * size], rank)),
-        (wrong.format(size - 1, size), sca([t1], [[t1] * (size - 1)], rank)),
-        (wrong.format(size + 1, size), sca([t1], [[t1] * (size + 1)], rank)),
-        ("invalid tensor type", sca([t1], [[t2] * size], rank)),
-        ("invalid tensor size", sca([t1], [[t3] * size], rank)),
-        ("requires empty input on non-root", sca([t1], [[t1] * size], (rank + 1) % size)),
+        ("requires a single-element input list", sca([t1], [], rank), REFUSED),
+        (
+            "requires a single-element input list",
+            sca([t1], [[t1] * size, [t1] * size], rank),
+            REFUSED,
+        ),
+        (wrong.format(size - 1, size), sca([t1], [[t1] * (size - 1)], rank), REFUSED),
+        (wrong.format(size + 1, size), sca([t1], [[t1] * (size + 1)], rank), REFUSED),
+        ("invalid tensor type", sca([t1], [[t2] * size], rank), REFUSED),
+        ("invalid tensor size", sca([t1], [[t3] * size], rank), REFUSED),
+        (
+            "requires empty input on non-root",
+            sca([t1], [[t1] * size], (rank + 1) % size),
+            REFUSED,
+        ),
     ]
 
 
@@ -186,9 +211,15 @@ def _allgather_coalesced_cases(pg, size):
     ]
 
 
-def _alltoall_cases(pg, size, t1, t2):
+def _alltoall_cases(pg, rank, size, t1, t2, t3):
     rows = torch.zeros(size, 2)
+    own_block_too_big = [t3 if r == rank else t1 for r in range(size)]
     return [
+        (  # the block a rank sends itself: only it can check that (issue 15 item 4)
+            rf"invalid tensor size at index {rank} \(expected \(1\), got \(2\)\)",
+            lambda: pg.alltoall(own_block_too_big, [t1] * size),
+            REFUSED,
+        ),
         ("does not match world size", lambda: pg.alltoall([t1] * (size + 1), [t1] * size)),
         ("does not match world size", lambda: pg.alltoall([t1] * size, [t1] * (size - 1))),
         ("invalid tensor type", lambda: pg.alltoall([t1] * size, [t1] + [t2] * (size - 1))),
@@ -218,7 +249,7 @@ def argument_checks(ctx):
     expect_errors(pg, _scatter_cases(pg, rank, size, t1, t2, t3))
     expect_errors(pg, _allgather_cases(pg, size, t1, t2, t3))
     expect_errors(pg, _allgather_coalesced_cases(pg, size))
-    expect_errors(pg, _alltoall_cases(pg, size, t1, t2))
+    expect_errors(pg, _alltoall_cases(pg, rank, size, t1, t2, t3))
     # a flat tensor list where a list of lists belongs is a TypeError
     not_nested = [torch.zeros([0])]
     expect_errors(
@@ -226,7 +257,8 @@ def argument_checks(ctx):
         [("expected a list of tensor", lambda: pg.allgather_coalesced(not_nested, [t1]))],
         TypeError,
     )
-    assert pg._get_sequence_number_for_group() == 0
+    refusals = 15  # 7 gather, 7 scatter and 1 alltoall checks only one rank can make
+    assert pg._get_sequence_number_for_group() == refusals
     assert all(t.eq(0).all() for t in (t1, t2, t3))  # nothing was written
 
     # the group is still usable: one good call of each kind checked above
@@ -261,7 +293,7 @@ def argument_checks(ctx):
     outs = [torch.zeros(1) for _ in range(size)]
     pg.alltoall(outs, [torch.tensor([rank * 10.0 + r]) for r in range(size)]).wait()
     assert [t.item() for t in outs] == [r * 10.0 + rank for r in range(size)]
-    assert pg._get_sequence_number_for_group() == 10
+    assert pg._get_sequence_number_for_group() == refusals + 10
     pg.shutdown()
 
 
@@ -295,16 +327,20 @@ def tensor_dtype_mismatch(ctx):
         lambda: pg.alltoall_base(tensor_h.repeat(size, 1), tensor.repeat(size, 1), [], []),
         lambda: pg.alltoall(tensors_h, tensors),
         lambda: pg.alltoall(tensors, tensors_h),
-        lambda: pg.scatter([tensor], [tensors_h], here_s),
-        lambda: pg.scatter([tensor_h], [tensors], here_s),
-        lambda: pg.gather([tensors], [tensor_h], here),
-        lambda: pg.gather([tensors_h], [tensor], here),
         lambda: pg._allgather_base(torch.zeros(2 * size, 2, dtype=torch.half), tensor),
         lambda: pg._reduce_scatter_base(tensor_h, tensor.repeat(size, 1)),
         lambda: pg.broadcast([tensor, tensor_h]),
     ]
-    expect_errors(pg, [(mismatch, call) for call in calls])
-    assert pg._get_sequence_number_for_group() == 0
+    # a root's list only the root can check: refused on every rank (one sequence number each)
+    refused = [
+        lambda: pg.scatter([tensor], [tensors_h], here_s),
+        lambda: pg.scatter([tensor_h], [tensors], here_s),
+        lambda: pg.gather([tensors], [tensor_h], here),
+        lambda: pg.gather([tensors_h], [tensor], here),
+    ]
+    cases = [(mismatch, call) for call in calls] + [(mismatch, c, REFUSED) for c in refused]
+    expect_errors(pg, cases)
+    assert pg._get_sequence_number_for_group() == len(refused)
     pg.allgather([tensors], [tensor * rank]).wait()
     assert all(torch.equal(t, tensor * r) for r, t in enumerate(tensors))
     pg.shutdown()

@@ -524,7 +524,12 @@ def test_alltoall_checks(group):
     with raises("only supports dense tensors"):
         v.check_alltoall(rank, size, [sparse(1)] * size, [sparse(1)] * size, A)
     v.check_alltoall(rank, size, [t1] * size, [t1] * size, A)
-    v.check_alltoall(rank, size, [torch.zeros(i) for i in range(size)], [t3] * size, A)
+    # sizes may differ, but the block a rank sends itself must fit its own output
+    outputs = [t3 if i == rank else torch.zeros(i) for i in range(size)]
+    v.check_alltoall(rank, size, outputs, [t3] * size, A)
+    own = f"{name}: invalid tensor size at index {rank} \\(expected \\(2\\), got \\(1\\)\\)"
+    with pytest.raises(v.RankArgumentError, match=own):  # only this rank can see it: refused
+        v.check_alltoall(rank, size, [t1] * size, [t3] * size, A)
 
 
 def test_alltoall_base_checks(group):

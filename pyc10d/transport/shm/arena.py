@@ -8,14 +8,26 @@ no helper thread. A segment is a control block plus two staging slots::
     [64]    REDUCED:  last round whose reduced slice lies in its slot
     [128]   RELEASED: last round whose peers' slots this rank has finished reading
     [192]   SLEEPING: while this rank is blocked on its doorbell, 1 + the counter it waits on
-    [256]   SIGNATURE of slot 0, [320] of slot 1: collective, dtype and element count
+    [256]   SIGNATURE of slot 0, [320] of slot 1: two u64 (``core.tags.Signature``)
     [384]   POSTED_ROUND of slot 0, [448] of slot 1; [512] REDUCED_ROUND of slot 0, [576] of 1
+    [1024]  ABANDONED: 64 u64, ``seq << 4 | state`` at ``seq % 64`` for a collective this rank
+            gave up on (PENDING while it decides, then WITHDRAWN, TIMED_OUT or FAILED)
     [4096]  slot 0, slot 1 (``slot_bytes`` each; round ``R`` uses slot ``R & 1``)
 
 Counters are u64 on their own cache lines and only ever grow. A round is
 ``op_tag(seq, k)`` for the k-th round of collective number ``seq``, so ranks agree on
 rounds even after one of them abandoned a collective on timeout. x86 keeps stores, and loads,
 in program order, so data written before a counter is visible to whoever sees the counter.
+
+Every rank posts each round of a collective (with its signature) and waits for every peer's
+post, so every rank's result depends on every rank having joined. That makes giving up safe:
+a rank whose wait times out marks the collective PENDING in its ABANDONED log, fences, and looks
+at the counters once more. If they are there now it marks WITHDRAWN and goes on; otherwise it
+marks TIMED_OUT and raises. A rank that finishes a collective looks at its peers' logs after
+its last post (:meth:`ShmArena.finish`): a peer that gave up (TIMED_OUT, FAILED) fails it too,
+and a PENDING one is waited out. Store, fence, load on both sides: at least one of the two sees
+the other's store, so either the finisher sees the mark, or the giver-up sees its counter and
+withdraws; no rank keeps a result of a collective another rank failed (a late rank included).
 
 Waiting spins briefly (yielding the CPU), then blocks on a doorbell socket (an abstract UNIX
 datagram socket) for at most a couple of milliseconds at a time, looking for a dead peer
@@ -28,13 +40,13 @@ last process unmaps it, whatever happens to the processes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import mmap
 import os
 import secrets
 import select
 import socket
-import struct
 import threading
 import time
 from array import array
@@ -42,22 +54,33 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ...core.dtypes import dtype_code, dtype_of
-from ...core.errors import DistBackendError, TransportTimeout, fresh_error
-from ...core.tags import op_tag, tag_seq
+from ...core.auth import load_key
+from ...core.errors import (
+    CollectiveAbandonedError,
+    DistBackendError,
+    TransportTimeout,
+    fresh_error,
+)
+from ...core.tags import Signature, mismatch_message, op_tag, signature, tag_seq
+from ...core.tensor_bytes import byte_view
 from ...core.timeouts import Deadline, format_ms
 from ...store import PrefixStore, Store
-from .setup import same_host_peers, wait_for_keys
+from ..base import DEADLINE_WINS_S
+from .setup import descriptor_note, descriptor_sender, same_host_peers, wait_for_keys
+
+log = logging.getLogger(__name__)
 
 POSTED, REDUCED, RELEASED, SLEEPING = 0, 8, 16, 24  # u64 indexes (64-byte lines)
 SIGNATURE = 32  # u64 at SIGNATURE + 8 * parity: what the collective posting in that slot is
 POSTED_ROUND = 48  # u64 at POSTED_ROUND + 8 * parity: the round whose input is in that slot
 REDUCED_ROUND = 64  # u64 at REDUCED_ROUND + 8 * parity: the round whose reduced slice it holds
+ABANDONED = 128  # u64 at ABANDONED + seq % LOG_SIZE: seq << 4 | state (collectives given up on)
+LOG_SIZE = 64
+PENDING, WITHDRAWN, TIMED_OUT, FAILED = 1, 2, 3, 4  # states in the ABANDONED log
 CONTROL_BYTES = 4096
 SLOT_BYTES = 4 * 1024 * 1024
 VIEW_CACHE_MAX_BYTES = 64 * 1024  # slot views of at most this size are kept for reuse
 VIEW_CACHE_ENTRIES = 256
-RANK_FORMAT = struct.Struct("<q")  # the payload of a segment-descriptor datagram
 BLOCK_MS = 2  # the longest block on the doorbell before looking again
 _FENCE = threading.Lock()  # acquiring a lock is a locked instruction: a full memory fence
 
@@ -69,8 +92,9 @@ def _fence() -> None:
 
 
 def sizes_header_bytes(world_size: int) -> int:
-    """Bytes at the start of a slot holding a rank's alltoall block sizes (64-byte aligned)."""
-    return (world_size * 8 + 63) // 64 * 64
+    """Bytes at the start of a slot holding a rank's alltoall block sizes, those it sends and
+    those it expects (``2 * world_size`` int64, 64-byte aligned)."""
+    return (world_size * 16 + 63) // 64 * 64
 
 
 def _spin_seconds(world_size: int) -> float:
@@ -110,7 +134,7 @@ class ShmArena:
         self._closed = False
         self._spin = _spin_seconds(world_size)
         self._last_use = [0, 0]  # the round that last wrote each of this rank's slots
-        self._signature = 0
+        self._signature = signature("barrier", torch.uint8, 0)
         self._segments: list[Segment | None] = [None] * world_size
         self._control: list[memoryview] = []
         self._heads: list[list[memoryview]] = []  # the first ``size`` int64s of every slot
@@ -157,7 +181,7 @@ class ShmArena:
             self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
             self._heads.append(
                 [
-                    segment.buf[start : start + 8 * self.size].cast("q")
+                    segment.buf[start : start + 16 * self.size].cast("q")
                     for start in (CONTROL_BYTES, CONTROL_BYTES + self.slot_bytes)
                 ]
             )
@@ -178,14 +202,16 @@ class ShmArena:
         """Send ``own_fd`` to every peer's doorbell and receive theirs (SCM_RIGHTS): the memory
         is shared by descriptor, never by name. Sending and receiving interleave, so full socket
         queues (10 datagrams by default) cannot deadlock a large group."""
-        me = RANK_FORMAT.pack(self.rank)
+        key = load_key()  # with a key, only processes that know it can hand us a segment
+        own_bell = self._bell.getsockname()
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [own_fd]))]
         unsent, received = list(self.peers), {}
         try:
             while unsent or len(received) < len(self.peers):
                 for peer in list(unsent):
                     try:
-                        self._bell.sendmsg([me], rights, 0, bells[peer])
+                        note = descriptor_note(key, self.rank, own_bell, bells[peer])
+                        self._bell.sendmsg([note], rights, 0, bells[peer])
                     except BlockingIOError:
                         continue  # its queue is full: try again once it drained some
                     except OSError as exc:
@@ -194,7 +220,7 @@ class ShmArena:
                             "did it time out or exit?"
                         ) from None
                     unsent.remove(peer)
-                self._receive_fds(received)
+                self._receive_fds(received, key, bells)
                 if not unsent and len(received) == len(self.peers):
                     break
                 if deadline.expired():
@@ -210,17 +236,26 @@ class ShmArena:
             raise
         return received
 
-    def _receive_fds(self, received: dict[int, int]) -> None:
-        """Take every descriptor waiting on the doorbell into ``received`` (by sender rank)."""
+    def _receive_fds(
+        self, received: dict[int, int], key: bytes | None, bells: dict[int, bytes]
+    ) -> None:
+        """Take every descriptor waiting on the doorbell into ``received`` (by sender rank);
+        one whose note does not check out (see ``setup.descriptor_sender``) is closed unused."""
+        own_bell = self._bell.getsockname()
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self._bell, 64, 4)
             except BlockingIOError:
                 return
-            if len(data) == RANK_FORMAT.size and fds:
-                peer = RANK_FORMAT.unpack(data)[0]
-                if peer in self.peers and peer not in received:
-                    received[peer] = fds.pop(0)
+            peer = descriptor_sender(key, data, own_bell, bells) if fds else None
+            if peer is None and fds:
+                log.warning(
+                    "shared-memory arena setup on rank %d: dropped a segment descriptor from "
+                    "a process that did not authenticate as a peer",
+                    self.rank,
+                )
+            if peer is not None and peer not in received:
+                received[peer] = fds.pop(0)
             for fd in fds:
                 os.close(fd)
 
@@ -236,11 +271,71 @@ class ShmArena:
         self.round = max(self.round, op_tag(seq))
         self._release_upto(op_tag(seq) - 1)
 
-    def abandon(self) -> None:
-        """Give up the current collective (it failed here): tell peers this rank reads none of
-        its rounds any more, so a peer that arrives late is not kept from reusing its slots."""
-        if not self._closed:
-            self._release_upto(op_tag(self.holder + 1) - 1)
+    def abandon(self, seq: int, timed_out: bool = False) -> None:
+        """Give up collective ``seq`` (it failed here): mark it FAILED (TIMED_OUT) in this
+        rank's log, and if it is the one in the arena, tell peers this rank reads none of its
+        rounds any more, so a peer that arrives late is not kept from reusing its slots."""
+        if self._closed:
+            return
+        if self._logged(self.rank, seq) != TIMED_OUT:
+            self._mark(seq, TIMED_OUT if timed_out else FAILED)
+        if self.holder == seq:
+            self._release_upto(op_tag(seq + 1) - 1)
+
+    def _mark(self, seq: int, state: int) -> None:
+        """Write ``state`` for collective ``seq`` in this rank's ABANDONED log; fence."""
+        self._control[self.rank][ABANDONED + seq % LOG_SIZE] = seq << 4 | state
+        _fence()
+
+    def _logged(self, owner: int, seq: int) -> int:
+        """The state of collective ``seq`` in ``owner``'s ABANDONED log (0: none)."""
+        entry = self._control[owner][ABANDONED + seq % LOG_SIZE]
+        return entry & 15 if entry >> 4 == seq else 0
+
+    def finish(self) -> None:
+        """End the current collective after this rank's last post: raise if a peer gave up on
+        it (waiting out one that is still deciding), so that no rank keeps its result then."""
+        seq, index = self.holder, ABANDONED + self.holder % LOG_SIZE
+        control = self._control
+        for peer in self.peers:
+            if control[peer][index] >> 4 != seq:
+                continue
+            state = self._logged(peer, seq)
+            while state == PENDING:
+                if self._closed:
+                    raise DistBackendError("the shared-memory arena has been closed")
+                failure = self._failure([peer])
+                if failure is not None:
+                    raise fresh_error(failure)
+                os.sched_yield()
+                state = self._logged(peer, seq)
+            if state in (TIMED_OUT, FAILED):
+                raise self._abandoned_error(peer, seq, state)
+
+    def _abandoned_error(self, peer: int, seq: int, state: int) -> CollectiveAbandonedError:
+        why = "timed out" if state == TIMED_OUT else "failed"
+        err = CollectiveAbandonedError(
+            f"rank {peer} gave up on collective #{seq} (it {why} there) before rank "
+            f"{self.rank} finished it: no rank keeps its result",
+            peer=peer,
+            seq=seq,
+        )
+        err.blame, err.seconds, err.arrived = (), None, time.monotonic()
+        return err
+
+    def _check_abandoned(self, pending: list[int], deadline: Deadline, what: str) -> None:
+        """Raise if a peer gave up on the current collective (for waits that are blocking): if
+        one timed out and ranks that did not give up are still missing here, this wait times
+        out too, naming them; otherwise the error names the rank that gave up."""
+        seq = self.holder
+        gave_up = {p: s for p in self.peers if (s := self._logged(p, seq)) in (TIMED_OUT, FAILED)}
+        if not gave_up:
+            return
+        missing = [p for p in pending if p not in gave_up]
+        if missing and TIMED_OUT in gave_up.values():
+            raise _timeout(missing, what, seq, deadline)
+        peer, state = next(iter(gave_up.items()))
+        raise self._abandoned_error(peer, seq, state)
 
     def _release_upto(self, round_: int) -> None:
         if self._control[self.rank][RELEASED] < round_:
@@ -281,8 +376,8 @@ class ShmArena:
         return views
 
     def head(self, owner: int, round_: int) -> memoryview:
-        """The first ``size`` int64 values of ``owner``'s slot for ``round_`` (small headers,
-        such as alltoall's block sizes, without a tensor's overhead)."""
+        """The first ``2 * size`` int64 values of ``owner``'s slot for ``round_`` (small
+        headers, such as alltoall's block sizes, without a tensor's overhead)."""
         return self._heads[owner][round_ & 1]
 
     def start_round(self, deadline: Deadline, what: str) -> int:
@@ -299,15 +394,14 @@ class ShmArena:
         return self._slots[self.rank][parity]
 
     # -- what the ranks post must agree ----------------------------------------------------------
-    def expect(self, kind: str, dtype: torch.dtype, numel: int) -> None:
+    def expect(self, sig: Signature) -> None:
         """Declare the collective about to run; a peer posting a different one is an error."""
-        code = min(dtype_code(dtype), 0xFF)
-        self._signature = (KINDS.index(kind) << 56) | (code << 48) | (numel & NUMEL_MASK)
+        self._signature = sig
 
     def post(self, round_: int) -> None:
         """Publish that this rank's slot holds its part of ``round_`` (and what it posted)."""
         control, parity = self._control[self.rank], 8 * (round_ & 1)
-        control[SIGNATURE + parity] = self._signature
+        control[SIGNATURE + parity], control[SIGNATURE + parity + 1] = self._signature
         control[POSTED_ROUND + parity] = round_
         self.publish(POSTED, round_)
 
@@ -329,6 +423,9 @@ class ShmArena:
         index = marker + 8 * (round_ & 1)
         for peer in peers:
             if self._control[peer][index] != round_:
+                state = self._logged(peer, tag_seq(round_))
+                if state in (TIMED_OUT, FAILED):
+                    raise self._abandoned_error(peer, tag_seq(round_), state)
                 raise DistBackendError(
                     f"rank {peer} left collective #{tag_seq(round_)} without its part of "
                     "it (it failed or timed out there)"
@@ -340,14 +437,31 @@ class ShmArena:
         self.wait(POSTED, round_, peers, deadline, what)
         self._check_round(POSTED_ROUND, round_, peers)
         slot = SIGNATURE + 8 * (round_ & 1)
+        what_, how = self._signature
         for peer in peers:
-            theirs = self._control[peer][slot]
-            if theirs != self._signature:
+            control = self._control[peer]
+            if control[slot] != what_ or control[slot + 1] != how:
+                theirs = Signature(control[slot], control[slot + 1])
+                if theirs.refused():
+                    raise DistBackendError(
+                        f"rank {peer} refused its part of {theirs.kind()}: "
+                        f"{self._reason(peer, round_)}"
+                    )
                 raise DistBackendError(
-                    f"rank {self.rank} ran {_describe(self._signature)} but rank {peer} ran "
-                    f"{_describe(theirs)} as the same collective: every rank must call the "
-                    "same collectives, in the same order, with the same tensor sizes"
+                    mismatch_message(self.rank, self._signature, peer, theirs, tag_seq(round_))
                 )
+
+    def write_reason(self, round_: int, reason: bytes) -> None:
+        """Put ``reason`` (why this rank refuses ``round_``'s collective) in its slot."""
+        slot = self.slot(self.rank, round_)
+        text = reason[: self.slot_bytes - 8]
+        self.head(self.rank, round_)[0] = len(text)
+        slot[8 : 8 + len(text)].copy_(torch.frombuffer(bytearray(text), dtype=torch.uint8))
+
+    def _reason(self, peer: int, round_: int) -> str:
+        """The reason ``peer`` put in its slot when it refused ``round_``'s collective."""
+        length = max(0, min(self.head(peer, round_)[0], self.slot_bytes - 8))
+        return byte_view(self.slot(peer, round_)[8 : 8 + length]).tobytes().decode(errors="replace")
 
     # -- signalling -----------------------------------------------------------------------------
     def publish(self, counter: int, round_: int) -> None:
@@ -386,16 +500,21 @@ class ShmArena:
     def _block(
         self, counter: int, round_: int, pending: list[int], deadline: Deadline, what: str
     ) -> None:
-        """Sleep on the doorbell once (at most BLOCK_MS) unless a condition ends the wait."""
+        """Sleep on the doorbell once (at most BLOCK_MS) unless a condition ends the wait.
+
+        At the deadline (which wins over a failure seen at the same time) the collective is
+        given up, or, if the counters arrived meanwhile, the wait just ends (see the module doc).
+        """
         if self._closed:
             raise DistBackendError("the shared-memory arena has been closed")
-        failure = self._failure(pending)
-        if failure is not None:
-            raise fresh_error(failure)
         remaining = deadline.remaining()
         if remaining <= 0:
-            ranks = ", ".join(map(str, pending))
-            raise TransportTimeout(f"rank(s) {ranks} in shared-memory {what}", deadline.seconds)
+            self._give_up(counter, round_, pending, deadline, what)
+            return
+        failure = self._failure(pending)
+        if failure is not None and remaining > DEADLINE_WINS_S:  # else: its deadline wins
+            raise fresh_error(failure)
+        self._check_abandoned(pending, deadline, what)
         own = self._control[self.rank]
         own[SLEEPING] = counter + 1
         _fence()
@@ -410,6 +529,21 @@ class ShmArena:
                         pass
         finally:
             own[SLEEPING] = 0
+
+    def _give_up(
+        self, counter: int, round_: int, pending: list[int], deadline: Deadline, what: str
+    ) -> None:
+        """The wait's deadline passed: mark the collective PENDING, look once more, and either
+        withdraw (return: the counters are there) or mark it TIMED_OUT and raise."""
+        seq = self.holder
+        self._mark(seq, PENDING)
+        control = self._control
+        missing = [p for p in pending if control[p][counter] < round_]
+        if not missing:
+            self._mark(seq, WITHDRAWN)
+            return
+        self._mark(seq, TIMED_OUT)
+        raise _timeout(missing, what, seq, deadline)
 
     # -- teardown -------------------------------------------------------------------------------
     def abort(self) -> None:
@@ -437,17 +571,14 @@ class ShmArena:
         self._bell.close()
 
 
-KINDS = ("", "allreduce", "reduce", "broadcast", "allgather", "reduce_scatter", "alltoall")
-KINDS += ("barrier",)
-NUMEL_MASK = (1 << 48) - 1
-
-
-def _describe(signature: int) -> str:
-    """``allreduce of 1024 float32`` for a signature made by :meth:`ShmArena.expect`."""
-    kind, dtype = signature >> 56, (signature >> 48) & 0xFF
-    kind_name = KINDS[kind] if kind < len(KINDS) else f"collective #{kind}"
-    dtype_name = str(dtype_of(dtype) or "?").removeprefix("torch.")
-    return f"{kind_name} of {signature & NUMEL_MASK} {dtype_name}"
+def _timeout(missing: list[int], what: str, seq: int, deadline: Deadline) -> TransportTimeout:
+    """The timeout of a wait for ``missing`` ranks in collective ``seq``."""
+    ranks = ", ".join(map(str, missing))
+    return TransportTimeout(
+        f"rank(s) {ranks} in shared-memory {what} (collective #{seq})",
+        deadline.seconds,
+        tuple(missing),
+    )
 
 
 class Segment:
