@@ -23,37 +23,10 @@ from pyc10d.algorithms.model_averaging.hierarchical_model_averager import (
 )
 from pyc10d.testing import spawn, world_sizes
 
-from tests.helpers.ddp import error_of, init
+from tests.helpers.ddp import error_of, finish_both, init_both
 
 TIMEOUT = 90
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-# A Gloo worker thread may hold the last reference to a finished Work of torch's group; keeping
-# the groups alive until the process exits avoids their destructor running on that thread.
-_TORCH_GROUPS_KEPT: list = []
-
-
-def _init_both(ctx):
-    """Join pyc10d's default group and torch's Gloo group (own rendezvous); torch.distributed."""
-    import torch.distributed as tdist
-
-    init(ctx)
-    tdist.init_process_group(
-        "gloo",
-        init_method=f"file://{ctx.path('torch_init')}",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
-    return tdist
-
-
-def _finish_both(tdist) -> None:
-    # A rank whose test body needs no communication could otherwise exit while its peers are
-    # still inside Gloo's connectFullMesh, which they see as "Connection closed by peer".
-    tdist.barrier()
-    _TORCH_GROUPS_KEPT.append(tdist.group.WORLD)
-    tdist.destroy_process_group()
-    dist.destroy_process_group()
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
@@ -71,7 +44,7 @@ def _average_parameters(ctx) -> None:
     """torch's test_average_parameters, then utils against torch's on random, mixed dtypes."""
     from torch.distributed.algorithms.model_averaging import utils as torch_utils
 
-    tdist = _init_both(ctx)
+    tdist = init_both(ctx)
     rank, n = ctx.rank, ctx.world_size
     model = nn.Sequential(nn.Conv2d(3, 3, kernel_size=3, padding=1), nn.ReLU(), nn.Linear(1, 5))
     for p in model.parameters():
@@ -123,7 +96,7 @@ def _average_parameters(ctx) -> None:
     assert torch.equal(layer.bias.data, before)  # no gradient: not averaged
     message = error_of(lambda: utils.get_params_to_average([torch.ones(1)]), NotImplementedError)
     assert message == "Parameter input of type <class 'torch.Tensor'> is not supported"
-    _finish_both(tdist)
+    finish_both(tdist)
 
 
 @world_sizes(2, 3)
@@ -150,7 +123,7 @@ def _periodic(ctx) -> None:
     """torch's periodic averager tests (model and param_groups), and torch's on a training loop."""
     from torch.distributed.algorithms.model_averaging import averagers as torch_averagers
 
-    tdist = _init_both(ctx)
+    tdist = init_both(ctx)
     rank, n = ctx.rank, ctx.world_size
     model = nn.Linear(1, 5, bias=False)
     param = next(model.parameters())
@@ -213,7 +186,7 @@ def _periodic(ctx) -> None:
     gathered = [torch.empty_like(ours[0].weight) for _ in range(n)]
     dist.all_gather(gathered, ours[0].weight.detach().contiguous())
     assert all(torch.equal(g, gathered[0]) for g in gathered)
-    _finish_both(tdist)
+    finish_both(tdist)
 
 
 @world_sizes(2, 3)
@@ -228,7 +201,7 @@ def _hierarchy_errors(ctx) -> dict[str, str]:
         hierarchical_model_averager as torch_hierarchical,
     )
 
-    tdist = _init_both(ctx)
+    tdist = init_both(ctx)
     n = ctx.world_size
     cases = {
         "empty": (OrderedDict(), 0),
@@ -267,7 +240,7 @@ def _hierarchy_errors(ctx) -> dict[str, str]:
     else:
         averager = HierarchicalModelAverager({2: 2}, process_group=pair)
         assert averager.period_process_group_dict[2] is pair
-    _finish_both(tdist)
+    finish_both(tdist)
     return out
 
 
@@ -296,7 +269,7 @@ def _three_levels(ctx) -> None:
         hierarchical_model_averager as torch_hierarchical,
     )
 
-    tdist = _init_both(ctx)
+    tdist = init_both(ctx)
     rank, n = ctx.rank, ctx.world_size
     param = nn.Parameter(torch.empty(5, 1))
     tensor = torch.ones(5, 1) * rank
@@ -339,7 +312,7 @@ def _three_levels(ctx) -> None:
         ours_avg.average_parameters(ours.parameters())
         theirs_avg.average_parameters(theirs.parameters())
         _assert_same(ours, theirs)
-    _finish_both(tdist)
+    finish_both(tdist)
 
 
 def test_three_level_hierarchical_model_averager():

@@ -24,7 +24,7 @@ from pyc10d.nn.parallel import DistributedDataParallel as DDP
 from pyc10d.nn.parallel.grad_bucket import GradBucket
 from pyc10d.testing import spawn, world_sizes
 
-from tests.helpers.ddp import error_of, init
+from tests.helpers.ddp import error_of, init, init_both
 
 TIMEOUT = 90
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -182,13 +182,7 @@ def _ddp_parity(ctx) -> None:
     import torch.distributed as tdist
     from torch.distributed.algorithms.ddp_comm_hooks import post_localSGD_hook as theirs
 
-    init(ctx)
-    tdist.init_process_group(
-        "gloo",
-        init_method=f"file://{ctx.path('torch_init')}",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
+    init_both(ctx)
     os.environ["LOCAL_WORLD_SIZE"] = "1"
     rank = ctx.rank
     for name, ours_state, theirs_state in _configs(tdist):

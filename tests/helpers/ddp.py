@@ -18,6 +18,35 @@ def init(ctx) -> None:
     )
 
 
+# A Gloo worker thread may hold the last reference to a finished Work of torch's group; keeping
+# the groups alive until the process exits avoids their destructor running on that thread.
+_TORCH_GROUPS_KEPT: list = []
+
+
+def init_both(ctx) -> object:
+    """Join pyc10d's default group and torch's Gloo group (own rendezvous); torch.distributed."""
+    import torch.distributed as tdist
+
+    init(ctx)
+    tdist.init_process_group(
+        "gloo",
+        init_method=f"file://{ctx.path('torch_init')}",
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    return tdist
+
+
+def finish_both(tdist) -> None:
+    """Leave both default groups (torch's is kept alive, see ``_TORCH_GROUPS_KEPT``)."""
+    # A rank whose test body needs no communication could otherwise exit while its peers are
+    # still inside Gloo's connectFullMesh, which they see as "Connection closed by peer".
+    tdist.barrier()
+    _TORCH_GROUPS_KEPT.append(tdist.group.WORLD)
+    tdist.destroy_process_group()
+    dist.destroy_process_group()
+
+
 def sgd_step(model: nn.Module, lr: float = 0.1) -> None:
     """Plain SGD, sparse gradients included (torch.optim's first import costs a rank a second)."""
     with torch.no_grad():

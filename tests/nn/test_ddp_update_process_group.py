@@ -27,7 +27,8 @@ from pyc10d.api.state import default_group
 from pyc10d.nn.parallel import DistributedDataParallel as DDP
 from pyc10d.testing import spawn, world_sizes
 
-from tests.nn.torch_reference import _TORCH_GROUPS_KEPT, assert_close_all, finish_both, init_both
+from tests.helpers.ddp import _TORCH_GROUPS_KEPT
+from tests.nn.torch_reference import assert_close_all, finish_both, init_both
 
 TIMEOUT = 150
 WIDTH = 32

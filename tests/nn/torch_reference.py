@@ -11,34 +11,7 @@ from typing import Any
 
 import torch
 
-import pyc10d as dist
-
-from tests.helpers.ddp import init
-
-# A Gloo worker thread may hold the last reference to a finished Work of torch's group; keeping
-# the groups alive until the process exits avoids their destructor running on that thread.
-_TORCH_GROUPS_KEPT: list = []
-
-
-def init_both(ctx: Any) -> Any:
-    """Join pyc10d's default group and torch's Gloo group (own rendezvous); torch.distributed."""
-    import torch.distributed as tdist
-
-    init(ctx)
-    tdist.init_process_group(
-        "gloo",
-        init_method=f"file://{ctx.path('torch_init')}",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
-    return tdist
-
-
-def finish_both(tdist: Any) -> None:
-    """Leave both default groups (torch's is kept alive, see ``_TORCH_GROUPS_KEPT``)."""
-    _TORCH_GROUPS_KEPT.append(tdist.group.WORLD)
-    tdist.destroy_process_group()
-    dist.destroy_process_group()
+from tests.helpers.ddp import finish_both, init_both  # noqa: F401 (used through this module)
 
 
 class _NoEvent:

@@ -29,7 +29,7 @@ from pyc10d.nn.parallel import DistributedDataParallel as DDP
 from pyc10d.optim import PostLocalSGDOptimizer
 from pyc10d.testing import spawn, world_sizes
 
-from tests.helpers.ddp import init
+from tests.helpers.ddp import init, init_both
 
 TIMEOUT = 120
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -91,13 +91,7 @@ def _optimizer_parity(ctx, kind: str) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks import post_localSGD_hook as theirs_hook
     from torch.distributed.optim import PostLocalSGDOptimizer as TorchPostLocalSGDOptimizer
 
-    init(ctx)
-    tdist.init_process_group(
-        "gloo",
-        init_method=f"file://{ctx.path('torch_init')}",
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-    )
+    init_both(ctx)
     _parity_by_hand(ctx, kind)
     rank, n = ctx.rank, ctx.world_size
     start = 10 if kind == "periodic" else 4  # the averager's warm-up

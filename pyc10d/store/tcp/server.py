@@ -633,21 +633,8 @@ class StoreServer:
         self._drop(conn, encode(Status.ERROR, 0, [message.encode()]))
 
     def _reply(self, conn: _Connection, status: int, num: int = 0, args=()) -> None:
-        if conn.closed:
-            return
-        frame = encode(status, num, args)
-        if conn.outbuf:
-            self._queue(conn, frame)
-            return
-        try:  # the common case, inline: the whole reply fits in the socket
-            sent = conn.sock.send(frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close(conn)
-            return
-        if sent < len(frame):
-            self._queue(conn, frame[sent:])
+        if not conn.closed:
+            self._send(conn, encode(status, num, args))
 
     def _send(self, conn: _Connection, frame: bytes) -> None:
         """Send ``frame`` to ``conn`` now, or queue what does not fit (written when it can be)."""
