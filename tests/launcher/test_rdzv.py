@@ -124,12 +124,38 @@ def test_without_restarts_a_failure_stops_every_node(tmp_path):
 
 
 def test_a_node_too_many_is_turned_away(tmp_path):
+    """A third launcher for a 2-node job, arriving while the job runs, is refused; the job
+    itself completes. (Its workers wait for a file the test creates once the third is gone:
+    a launcher that arrives after the job ended finds no store to refuse it.)"""
     port = free_port()
+    go = tmp_path / "go"
     flags = [*c10d("2", port), "--timeout", "60", *FAST, WORKER, "--out", str(tmp_path)]
-    results = run_nodes([flags] * 3)
-    assert sorted(code for code, _, _ in results) == [0, 0, 1], results
-    (err,) = [err for code, _, err in results if code == 1]
-    assert "closed with 2 node(s) before this node joined" in err
+    job = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pyc10d.run", *flags, "--wait-file", str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while len(records(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polls a condition: both workers of the job are running
+        assert sorted(records(tmp_path)) == [0, 1]
+        [(code, _, err)] = run_nodes([flags])
+        assert code == 1, err
+        assert "closed with 2 node(s) before this node joined" in err
+        go.touch()
+        for proc in job:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, (out, err)
+    finally:
+        for proc in job:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert sorted(records(tmp_path)) == [0, 1]
 
 

@@ -43,6 +43,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=0.0, help="then sleep this long")
     parser.add_argument("--sleep-first-attempt", type=float, default=0.0, help="on attempt 0")
     parser.add_argument("--say", default="", help="print this, with the rank, to stdout")
+    parser.add_argument("--wait-file", type=Path, help="then wait (up to 60 s) until it exists")
     parser.add_argument("extra", nargs="*")
     return parser.parse_args()
 
@@ -70,6 +71,10 @@ def main() -> None:
     tmp.rename(path)
     if args.say:
         print(f"{args.say} {rank}")
+    if args.wait_file is not None:
+        deadline = time.monotonic() + 60
+        while not args.wait_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
     if rank == args.fail_first_attempt_rank and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
         print(f"rank {rank} fails on its first attempt", file=sys.stderr)
         sys.exit(3)
