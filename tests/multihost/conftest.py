@@ -306,7 +306,9 @@ class Topology:
         name = hostname or host.hostname
         full = ["ip", "netns", "exec", host.ns, "unshare", "--uts", sys.executable, str(ENTER)]
         full += [name, *argv]
-        penv = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # no flight-recorder dumps into ~/.cache (a cut link makes every rank time out)
+        quiet = {"PYTHONUNBUFFERED": "1", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"}
+        penv = {**os.environ, **quiet, **(env or {})}
         popen = subprocess.Popen(
             full,
             stdout=subprocess.PIPE,
