@@ -163,6 +163,7 @@ class ProcessGroup:
         self._size = int(size)
         self._backend_name = "undefined"
         self._store: Store | None = None
+        self._base_store: Store | None = None
         self._transport: Transport | None = None
         self._arena: ShmArena | None = None
         self._engine: Engine | None = None
@@ -190,6 +191,7 @@ class ProcessGroup:
         self._rank = rank
         self._size = world_size
         self._backend_name = "pyc10d"
+        self._base_store = store  # what split_group builds its groups' stores on
         generation = store.add(f"pyc10d/process_groups/{rank}", 1)
         self._store = PrefixStore(f"pyc10d/pg{generation}", store)
         setup = Deadline(self.options.timeout)  # connecting must finish within the group timeout
@@ -298,6 +300,34 @@ class ProcessGroup:
         """How many collectives this group has issued (the same on every rank)."""
         with self._lock:
             return self._seq
+
+    def split_group(
+        self,
+        ranks: Sequence[int],
+        timeout: timedelta | None = None,
+        opts: Options | None = None,
+        group_name: str | None = None,
+        group_desc: str | None = None,
+    ) -> ProcessGroup | None:
+        """A group of this group's ``ranks``; None on the others (torch's ``split_group``; see
+        :func:`pyc10d.process_group.split.split_group`)."""
+        from .split import split_group  # it builds ProcessGroups: imported on use
+
+        return split_group(self, ranks, timeout, opts, group_name, group_desc)
+
+    def merge_remote_group(
+        self,
+        store: Store,
+        size: int,
+        timeout: timedelta,
+        group_name: str | None = None,
+        group_desc: str | None = None,
+    ) -> ProcessGroup:
+        """One group of ``size`` processes of several jobs over ``store`` (torch's
+        ``merge_remote_group``; see :func:`pyc10d.process_group.split.merge_remote_group`)."""
+        from .split import merge_remote_group
+
+        return merge_remote_group(self, store, size, timeout, group_name, group_desc)
 
     def _set_sequence_number_for_group(self) -> None:
         """torch's: make the ranks' sequence numbers agree. They start at 0 on every rank and
