@@ -28,6 +28,7 @@ from .core.reduce_op import ReduceOp
 from .core.timeouts import to_timedelta
 from .process_group import ProcessGroup
 from .process_group.options import Options
+from .process_group.process_group import SERVED_DEVICES
 from .process_group.split import merge_remote_group, split_group
 from .rendezvous import rendezvous
 from .store import Store
@@ -43,9 +44,6 @@ __all__ = [
     "register_backend",
     "split_group",
 ]
-
-SERVED_DEVICES = ("cpu", "cuda")
-"""Device types a pyc10d group serves (CUDA tensors are staged through host memory)."""
 
 
 class ProcessGroupFactory(Protocol):
@@ -83,7 +81,7 @@ def _check_device(backend: str, device: torch.device) -> None:
     if device.type not in SERVED_DEVICES:
         raise ValueError(
             f"dist2 backend {backend!r} runs on pyc10d's engine, which serves "
-            f"{' and '.join(SERVED_DEVICES)} tensors, not device {str(device)!r}"
+            f"{' and '.join(sorted(SERVED_DEVICES))} tensors, not device {str(device)!r}"
         )
 
 
