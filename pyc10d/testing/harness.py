@@ -295,6 +295,7 @@ def spawn(
     except Exception as exc:
         raise TypeError(f"spawn needs a module-level function, got {fn!r}: {exc}") from exc
 
+    from ..process_group import flight_recorder
     from ..store import TCPStore
 
     tmpdir = tempfile.mkdtemp(prefix="pyc10d-spawn-")
@@ -311,10 +312,10 @@ def spawn(
         }
         # flight-recorder dumps go with the run's temp files, and are off unless asked for (a
         # rank's first dump takes a second: torch's stack symbolizer starting)
-        common["TORCH_FR_DUMP_TEMP_FILE"] = os.environ.get(
-            "TORCH_FR_DUMP_TEMP_FILE", os.path.join(tmpdir, "fr_trace_rank_")
-        )
-        common["TORCH_NCCL_DUMP_ON_TIMEOUT"] = os.environ.get("TORCH_NCCL_DUMP_ON_TIMEOUT", "0")
+        dump_file = flight_recorder.DUMP_FILE_VARS[0]
+        common[dump_file] = os.environ.get(dump_file, os.path.join(tmpdir, "fr_trace_rank_"))
+        dump_on = flight_recorder.DUMP_ON_FAILURE_VAR
+        common[dump_on] = os.environ.get(dump_on, "0")
         # pyc10d's own settings (PYC10D_TRANSPORT...) follow the parent's current environment
         common.update({k: v for k, v in os.environ.items() if k.startswith("PYC10D_")})
         extra = {str(k): str(v) for k, v in (env or {}).items()}
