@@ -33,7 +33,9 @@ def main(out: Path) -> None:
     dist.all_reduce(value)
     record = {"env": {name: os.environ.get(name) for name in VARIABLES}, "sum": value.item()}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
-    print(f"rank {rank} of {dist.get_world_size()}: sum {value.item():g}", flush=True)
+    # one write(2) of a whole line: workers of one node share the launcher's stdout, and a
+    # line written in pieces can interleave with another worker's
+    os.write(1, f"rank {rank} of {dist.get_world_size()}: sum {value.item():g}\n".encode())
     dist.destroy_process_group()
 
 
