@@ -1,23 +1,33 @@
-"""The flight recorder's cost per operation: back-to-back 4-byte allreduces, recorder off vs on.
+"""The flight recorder's cost per operation: back-to-back 4-byte ``pyc10d.all_reduce`` calls.
 
-Each round starts a fresh world-2 job (pyc10d's test harness) with ``TORCH_FR_BUFFER_SIZE=0``
-(off) and another with ``TORCH_FR_BUFFER_SIZE=2000`` (torch's Gloo default), alternating which
-goes first; each rank times ``--iters`` ``dist.all_reduce`` calls of one float32 after a warm-up,
-and a job's time per operation is its slower rank's. Reported: the median over rounds of each
-setting and of the per-round difference (on - off), in microseconds per operation.
+Three settings:
 
-The allreduce itself costs tens of microseconds and varies between runs, so the wall-clock
-difference is noisy on a busy machine; the ranks' CPU time per operation is reported too, and
-the recording path is timed alone, in this process, in thread CPU time (``Work`` creation,
-start and completion with the recorder on vs off): the number the budget (at most 3 us per
-operation) is about.
+* ``off``: ``TORCH_FR_BUFFER_SIZE=0``, nothing recorded;
+* ``on``: torch's default (``TORCH_FR_BUFFER_SIZE=2000``, Python stacks recorded, as torch's
+  recorder gathers them by default);
+* ``no-stacks``: ``TORCH_FR_BUFFER_SIZE=2000`` and ``PYC10D_FR_STACK=0``.
 
-    python benchmarks/flight_recorder_bench.py [--rounds 5] [--iters 3000] [--stacks both]
+End to end (the budget: ``on`` at most 3 us per operation above ``off``): every round runs one
+fresh world-2 job (pyc10d's test harness, new processes) of each setting, the order rotating
+between rounds. A rank calls ``pyc10d.all_reduce`` on one float32 ``--iters`` times after a
+warm-up, timed in ``--blocks`` blocks; a job's time per operation is its slower rank's median
+block, and its fast-block time its slower rank's 10th-percentile block (the blocks another
+process on the machine disturbed least). Reported: the median over rounds of each setting, and
+the median over rounds of the per-round difference from ``off`` (same round, so the machine's
+load is alike), in microseconds per operation; and the CPU time of the calling thread per
+operation (the ranks' mean), which waiting for the peer does not count.
+
+In one process (steadier on a busy machine): the same ``pyc10d.all_reduce`` on a world-1 group,
+the settings alternating every block of 200 calls (``--local-rounds`` rounds), the 10th
+percentile of each setting's blocks and its difference from ``off``.
+
+    python benchmarks/flight_recorder_bench.py [--rounds 7] [--iters 20000] [--blocks 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -25,9 +35,23 @@ import torch
 
 BUFFER_ON = 2000
 
+SETTINGS = {
+    "off": {"TORCH_FR_BUFFER_SIZE": "0", "PYC10D_FR_STACK": "1"},
+    "on": {"TORCH_FR_BUFFER_SIZE": str(BUFFER_ON), "PYC10D_FR_STACK": "1"},
+    "no-stacks": {"TORCH_FR_BUFFER_SIZE": str(BUFFER_ON), "PYC10D_FR_STACK": "0"},
+}
+"""Each setting's environment."""
 
-def _rank_loop(ctx, iters: int, warmup: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per allreduce on this rank (one float32, waited for at once)."""
+
+def _percentile(values: list[float], fraction: float) -> float:
+    """The value ``fraction`` of the way up the sorted ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def _rank_loop(ctx, iters: int, warmup: int, blocks: int) -> tuple[list[float], float, int]:
+    """Seconds per allreduce of each block on this rank, the calling thread's CPU seconds per
+    allreduce, and the recorder's buffer size."""
     import pyc10d as dist
 
     dist.init_process_group(store=ctx.store, rank=ctx.rank, world_size=ctx.world_size)
@@ -35,106 +59,129 @@ def _rank_loop(ctx, iters: int, warmup: int) -> tuple[float, float]:
     for _ in range(warmup):
         dist.all_reduce(tensor)
     dist.barrier()
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(iters):
-        dist.all_reduce(tensor)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    per_block = max(1, iters // blocks)
+    walls = []
+    cpu = time.thread_time()
+    for _ in range(blocks):
+        start = time.perf_counter()
+        for _ in range(per_block):
+            dist.all_reduce(tensor)
+        walls.append((time.perf_counter() - start) / per_block)
+    cpu = (time.thread_time() - cpu) / (per_block * blocks)
     dist.barrier()
+    size = dist.flight_recorder.buffer_size()
     dist.destroy_process_group()
-    return elapsed / iters, cpu / iters
+    return walls, cpu, size
 
 
-def _job(buffer_size: int, stacks: bool, iters: int, warmup: int) -> tuple[float, float]:
-    """(wall, CPU) microseconds per allreduce of a fresh world-2 job (its slower rank's wall
-    time, its ranks' mean CPU time)."""
+def _job(setting: str, iters: int, warmup: int, blocks: int) -> tuple[float, float, float]:
+    """(median block, 10th-percentile block, calling thread's CPU) microseconds per allreduce
+    of a fresh world-2 job: its slower rank's blocks, its ranks' mean CPU."""
     from pyc10d.testing import spawn
 
-    env = {"TORCH_FR_BUFFER_SIZE": str(buffer_size), "PYC10D_FR_STACK": "1" if stacks else "0"}
-    per_rank = spawn(_rank_loop, 2, args=(iters, warmup), timeout=600, env=env)
-    wall = max(w for w, _ in per_rank) * 1e6
-    cpu = statistics.mean(c for _, c in per_rank) * 1e6
-    return wall, cpu
+    env = SETTINGS[setting]
+    per_rank = spawn(_rank_loop, 2, args=(iters, warmup, blocks), timeout=600, env=env)
+    sizes = {size for _, _, size in per_rank}
+    if sizes != {int(env["TORCH_FR_BUFFER_SIZE"])}:
+        raise RuntimeError(f"{setting}: the ranks recorded with buffer sizes {sizes}")
+    median = max(statistics.median(walls) for walls, _, _ in per_rank) * 1e6
+    fast = max(_percentile(walls, 0.1) for walls, _, _ in per_rank) * 1e6
+    cpu = statistics.mean(cpu for _, cpu, _ in per_rank) * 1e6
+    return median, fast, cpu
 
 
-def end_to_end(rounds: int, iters: int, warmup: int, stacks: bool) -> dict[str, float]:
-    """Median wall and CPU us/op off and on, and the median per-round differences."""
-    runs: dict[str, list[float]] = {key: [] for key in ("off", "on", "cpu_off", "cpu_on")}
+def _summary(runs: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+    """Per setting: (median over rounds, median of the per-round differences from off)."""
+    base = runs["off"]
+    return {
+        name: (
+            statistics.median(values),
+            statistics.median(b - a for a, b in zip(base, values, strict=True)),
+        )
+        for name, values in runs.items()
+    }
+
+
+def end_to_end(rounds: int, iters: int, warmup: int, blocks: int) -> dict[str, dict]:
+    """``{"median": ..., "fast": ..., "cpu": ...}``, each :func:`_summary` of the rounds, and
+    ``"rounds"``: the median block of every job, by setting."""
+    names = list(SETTINGS)
+    runs: dict[str, dict[str, list[float]]] = {
+        kind: {name: [] for name in names} for kind in ("median", "fast", "cpu")
+    }
     for round_index in range(rounds):
-        order = (0, BUFFER_ON) if round_index % 2 == 0 else (BUFFER_ON, 0)
-        times = {size: _job(size, stacks, iters, warmup) for size in order}
-        runs["off"].append(times[0][0])
-        runs["on"].append(times[BUFFER_ON][0])
-        runs["cpu_off"].append(times[0][1])
-        runs["cpu_on"].append(times[BUFFER_ON][1])
-    result = {key: statistics.median(values) for key, values in runs.items()}
-    result["diff"] = statistics.median(b - a for a, b in zip(runs["off"], runs["on"], strict=True))
-    result["cpu_diff"] = statistics.median(
-        b - a for a, b in zip(runs["cpu_off"], runs["cpu_on"], strict=True)
-    )
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            for kind, value in zip(runs, _job(name, iters, warmup, blocks), strict=True):
+                runs[kind][name].append(value)
+    result: dict[str, dict] = {kind: _summary(values) for kind, values in runs.items()}
+    result["rounds"] = runs["median"]
     return result
 
 
-def _make_works(count: int) -> float:
-    """CPU seconds of this thread per Work made and completed on a bare group with the current
-    recorder (thread CPU time: a busy machine's other processes do not count)."""
-    from pyc10d.process_group import ProcessGroup, Work
-
-    pg = ProcessGroup(0, 1)
-    outputs = [[torch.ones(1)]]
-    start = time.thread_time()
-    for seq in range(count):
-        work = Work("allreduce", seq, outputs, group=pg)
-        work._start()
-        work._complete(outputs[0])
-    return (time.thread_time() - start) / count
-
-
-def record_path(count: int, repeats: int, stacks: bool) -> dict[str, float]:
-    """Best-of-``repeats`` us per Work (create, start, complete) with the recorder off and on."""
-    import os
-
+def in_process(rounds: int, block: int = 200) -> dict[str, tuple[float, float]]:
+    """Per setting: (10th-percentile us per allreduce of its blocks, minus off's) on a
+    world-1 group of this process, the settings alternating every block."""
+    import pyc10d as dist
     from pyc10d.process_group import flight_recorder
+    from pyc10d.store import HashStore
 
-    os.environ["PYC10D_FR_STACK"] = "1" if stacks else "0"
-    best = {"off": float("inf"), "on": float("inf")}
-    for _ in range(repeats):
-        for name, size in (("off", 0), ("on", BUFFER_ON)):
-            flight_recorder.configure(size)
-            best[name] = min(best[name], _make_works(count) * 1e6)
-    flight_recorder.configure()
-    best["diff"] = best["on"] - best["off"]
-    return best
+    saved = os.environ.get(flight_recorder.STACK_VAR)
+    dist.init_process_group(store=HashStore(), rank=0, world_size=1)
+    tensor = torch.ones(1)
+    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    try:
+        for round_index in range(rounds):
+            names = list(SETTINGS)
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                env = SETTINGS[name]
+                os.environ[flight_recorder.STACK_VAR] = env[flight_recorder.STACK_VAR]
+                flight_recorder.configure(int(env["TORCH_FR_BUFFER_SIZE"]))
+                for _ in range(block // 2):  # warm up the setting (and fill part of the ring)
+                    dist.all_reduce(tensor)
+                start = time.perf_counter()
+                for _ in range(block):
+                    dist.all_reduce(tensor)
+                times[name].append((time.perf_counter() - start) / block * 1e6)
+    finally:
+        dist.destroy_process_group()
+        if saved is None:
+            os.environ.pop(flight_recorder.STACK_VAR, None)
+        else:
+            os.environ[flight_recorder.STACK_VAR] = saved
+        flight_recorder.configure()
+    fast = {name: _percentile(values, 0.1) for name, values in times.items()}
+    return {name: (value, value - fast["off"]) for name, value in fast.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=3000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--stacks", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=20000)
+    parser.add_argument("--warmup", type=int, default=2500, help="fills the default ring")
+    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--local-rounds", type=int, default=300)
+    parser.add_argument("--skip-local", action="store_true", help="only the world-2 jobs")
     args = parser.parse_args()
-    settings = {"on": [True], "off": [False], "both": [True, False]}[args.stacks]
-    print("| what | stacks | off (us/op) | on (us/op) | on - off (us/op) |")
-    print("|---|---|---:|---:|---:|")
-    for stacks in settings:
-        label = "yes" if stacks else "no"
-        alone = record_path(20000, 7, stacks)
-        print(
-            f"| Work create+start+complete, in process, thread CPU time, best of 7 | {label} "
-            f"| {alone['off']:.2f} "
-            f"| {alone['on']:.2f} | {alone['diff']:.2f} |"
-        )
-    for stacks in settings:
-        label = "yes" if stacks else "no"
-        job = end_to_end(args.rounds, args.iters, args.warmup, stacks)
-        what = f"world-2 4-byte all_reduce, fresh jobs, median of {args.rounds}"
-        print(
-            f"| {what}, wall | {label} | {job['off']:.2f} | {job['on']:.2f} | {job['diff']:.2f} |"
-        )
-        print(
-            f"| {what}, CPU per rank | {label} | {job['cpu_off']:.2f} | {job['cpu_on']:.2f} "
-            f"| {job['cpu_diff']:.2f} |"
-        )
+    print("| what | setting | us/op | minus off (us/op) |")
+    print("|---|---|---:|---:|")
+    if not args.skip_local:
+        what = "world-1 all_reduce in process, alternating blocks, 10th percentile"
+        for name, (value, diff) in in_process(args.local_rounds).items():
+            print(f"| {what} | {name} | {value:.2f} | {diff:.2f} |")
+    job = end_to_end(args.rounds, args.iters, args.warmup, args.blocks)
+    what = f"world-2 4-byte all_reduce, fresh jobs, median of {args.rounds} rounds"
+    labels = (
+        ("median", "median block"),
+        ("fast", "10th-percentile block"),
+        ("cpu", "calling thread's CPU"),
+    )
+    for kind, label in labels:
+        for name, (value, diff) in job[kind].items():
+            print(f"| {what}, {label} | {name} | {value:.2f} | {diff:.2f} |")
+    for name, values in job["rounds"].items():
+        print(f"median blocks {name}: " + " ".join(f"{v:.2f}" for v in values))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,16 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+
+from _common import (
+    code_state,
+    cprofile_rows,
+    free_port,
+    human,
+    paired,
+    rank_env,
+    run_processes,
+)
 
 KINDS = ("gloo", "pyc10d", "native")
 PARTS = {"gloo": ("ddp", "allreduce", "funcol"), "pyc10d": ("ddp", "allreduce", "funcol")}
@@ -385,26 +394,6 @@ def _profile_pieces(dist: Any, tensor: Any) -> dict[str, float]:
     return {key: _local_us(call) for key, call in calls.items()}
 
 
-def _cprofile(call: Callable[[], Any], calls: int) -> list[tuple[str, float, float, int]]:
-    """cProfile of ``calls`` calls: (function, tottime µs/call, cumtime µs/call, ncalls/call)."""
-    import cProfile
-    import pstats
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
-        call()
-    profiler.disable()
-    rows = []
-    for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in pstats.Stats(
-        profiler
-    ).stats.items():
-        short = f"{Path(path).parent.name}/{Path(path).name}:{line}({name})" if line else name
-        rows.append((short, tottime / calls * 1e6, cumtime / calls * 1e6, ncalls // calls))
-    rows.sort(key=lambda row: -row[1])
-    return rows
-
-
 def part_profile(dist: Any, cfg: dict) -> dict:
     """Where the adapter's time goes, all_reduce of ``cfg["profile_bytes"]`` (every rank runs the
     same calls)."""
@@ -422,8 +411,8 @@ def part_profile(dist: Any, cfg: dict) -> dict:
                 samples[name].append(median_call_us(layers[name], cfg["profile_reps"]))
         dist.barrier()
         calls = cfg["profile_reps"] * 5
-        rows = _cprofile(lambda: dist.all_reduce(tensor), calls)
-        funcol_rows = _cprofile(layers[ASYNC_LAYERS[1]], calls)
+        rows = cprofile_rows(lambda: dist.all_reduce(tensor), calls)
+        funcol_rows = cprofile_rows(layers[ASYNC_LAYERS[1]], calls)
         dist.barrier()
     finally:
         own_api.destroy_process_group()
@@ -475,76 +464,26 @@ def rank_main(kind: str, parts: list[str], cfg: dict, out: str) -> None:
 # ==== the launcher =============================================================================
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rank_env(kind: str, rank: int, port: int, world: int) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        OMP_NUM_THREADS="1",
-    )
-    if kind == "gloo":
-        env["TORCH_DEVICE_BACKEND_AUTOLOAD"] = "0"  # keep pyc10d's entry point out
-    return env
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Kill and reap every rank still running."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-    for proc in procs:
-        proc.wait()
-
-
-def _start_ranks(
-    kind: str, parts: list[str], cfg: dict, tmp: Path, world: int
-) -> list[subprocess.Popen]:
-    """Start the ``world`` rank processes; each writes rank{N}.json and rank{N}.err in ``tmp``."""
-    port = free_port()
-    command = [sys.executable, __file__, "--rank-of", kind, "--parts", *parts]
-    command += ["--config", json.dumps(cfg)]
-    procs = []
-    for rank in range(world):
-        with open(tmp / f"rank{rank}.err", "w") as err:
-            procs.append(
-                subprocess.Popen(
-                    [*command, "--result", str(tmp / f"rank{rank}.json")],
-                    env=_rank_env(kind, rank, port, world),
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                )
-            )
-    return procs
+    extra = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"} if kind == "gloo" else {}  # no pyc10d
+    return rank_env(rank, world, port, extra)
 
 
 def launch(kind: str, parts: list[str], cfg: dict, world: int = WORLD) -> list[dict]:
     """Run ``parts`` on ``world`` fresh ranks of ``kind``; every rank's JSON result."""
     with tempfile.TemporaryDirectory(prefix="torch_backend_bench-") as name:
         tmp = Path(name)
-        procs = _start_ranks(kind, parts, cfg, tmp, world)
-        codes = None
-        try:
-            deadline = time.monotonic() + cfg["timeout"]
-            codes = [proc.wait(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            _stop(procs)
-        if codes != [0] * world:
-            errors = [(tmp / f"rank{r}.err").read_text()[-3000:] for r in range(world)]
-            raise SystemExit(f"{kind} launch failed (exit codes {codes}):\n" + "\n".join(errors))
+        port = free_port()
+        command = [sys.executable, __file__, "--rank-of", kind, "--parts", *parts]
+        command += ["--config", json.dumps(cfg)]
+        commands = [
+            (
+                [*command, "--result", str(tmp / f"rank{rank}.json")],
+                _rank_env(kind, rank, port, world),
+            )
+            for rank in range(world)
+        ]
+        run_processes(commands, tmp, cfg["timeout"], f"{kind} launch")
         return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -587,21 +526,8 @@ def _series(rounds: dict, kind: str, part: str, key: str) -> list[float]:
     return [entry[part][key] for entry in rounds[kind]]
 
 
-def _paired(fn: Callable[[float, float], float], a: list[float], b: list[float]) -> float:
-    """Median over rounds of ``fn(a_round, b_round)``."""
-    return statistics.median(fn(x, y) for x, y in zip(a, b, strict=True))
-
-
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
-
-
-def human(nbytes: int) -> str:
-    """4 B, 16 KiB, 1 MiB."""
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes // scale} {unit}"
-    return f"{nbytes} B"
 
 
 def _ms_cpu(wall: list[float], cpu: list[float]) -> str:
@@ -612,9 +538,9 @@ def _ms_cpu(wall: list[float], cpu: list[float]) -> str:
 def table_ddp(rounds: dict, cfg: dict) -> list[str]:
     """Part a: step times and the gloo / pyc10d ratio."""
     gloo, ours = (_series(rounds, k, "ddp", "step") for k in ("gloo", "pyc10d"))
-    ratio = _paired(lambda g, p: g / p, gloo, ours)
+    ratio = paired(lambda g, p: g / p, gloo, ours)
     gloo_cpu, ours_cpu = (_series(rounds, k, "ddp", "step_cpu") for k in ("gloo", "pyc10d"))
-    cpu_ratio = _paired(lambda g, p: g / p, gloo_cpu, ours_cpu)
+    cpu_ratio = paired(lambda g, p: g / p, gloo_cpu, ours_cpu)
     params = rounds["pyc10d"][0]["ddp"]["params"]
     sums = [entry["ddp"]["checksum"] for k in ("gloo", "pyc10d") for entry in rounds[k]]
     spread = max(abs(s[1] - sums[0][1]) / abs(sums[0][1]) for s in sums)
@@ -632,7 +558,7 @@ def table_ddp(rounds: dict, cfg: dict) -> list[str]:
         series = {key: _series(rounds, kind, "ddp", key) for key in rounds[kind][0]["ddp"]}
         cells = [_ms_cpu(series[key], series[f"{key}_cpu"]) for key in ("step", "compute")]
         exposed = [
-            _paired(lambda s, c: s - c, series[step], series[compute]) * 1e3
+            paired(lambda s, c: s - c, series[step], series[compute]) * 1e3
             for step, compute in (("step", "compute"), ("step_cpu", "compute_cpu"))
         ]
         cells.append(f"{exposed[0]:.1f} ({exposed[1]:.1f})")
@@ -665,7 +591,7 @@ def table_allreduce(rounds: dict) -> list[str]:
     verdicts = []
     for nbytes in ALLREDUCE_SIZES:
         gloo, adapter, native = (_series(rounds, kind, "allreduce", str(nbytes)) for kind in KINDS)
-        apart = _paired(lambda a, n: a - n, adapter, native)
+        apart = paired(lambda a, n: a - n, adapter, native)
         same = statistics.median(_series(rounds, "pyc10d", "allreduce", f"own-api-diff:{nbytes}"))
         verdicts.append(
             f"{human(nbytes)} {_verdict(apart <= TARGETS['overhead_us'])} / "
@@ -674,7 +600,7 @@ def table_allreduce(rounds: dict) -> list[str]:
         lines.append(
             f"| {human(nbytes)} | {statistics.median(gloo):.0f} | "
             f"{statistics.median(adapter):.0f} | {statistics.median(native):.0f} | "
-            f"{apart:+.1f} | {same:+.1f} | {_paired(lambda g, a: g / a, gloo, adapter):.2f}x |"
+            f"{apart:+.1f} | {same:+.1f} | {paired(lambda g, a: g / a, gloo, adapter):.2f}x |"
         )
     per_round = ", ".join(
         f"{a - n:+.0f}"
@@ -708,7 +634,7 @@ def table_funcol(rounds: dict) -> list[str]:
     ]
     for nbytes in FUNCOL_SIZES:
         gloo, ours = (_series(rounds, kind, "funcol", str(nbytes)) for kind in ("gloo", "pyc10d"))
-        ratio = _paired(lambda p, g: p / g, ours, gloo)
+        ratio = paired(lambda p, g: p / g, ours, gloo)
         lines.append(
             f"| {human(nbytes)} | {statistics.median(gloo):.0f} | {statistics.median(ours):.0f} | "
             f"{ratio:.2f}x | {_verdict(ratio <= TARGETS['funcol'])} |"
@@ -863,24 +789,6 @@ def report(rounds: dict, profile: dict | None, cfg: dict, meta: dict) -> str:
     if profile is not None:
         lines += [*profile_section(profile), ""]
     return "\n".join(lines)
-
-
-def code_state() -> str:
-    """The commit checked out, with the hash of any uncommitted change under pyc10d/ (ranks
-    import pyc10d fresh at every launch, so an edit during a run would mix two versions)."""
-    import hashlib
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*command: str) -> str:
-        done = subprocess.run(
-            ["git", *command], cwd=root, capture_output=True, text=True, timeout=30
-        )
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    diff = git("diff", "HEAD", "--", "pyc10d")
-    return head + (f"+changes {hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,13 @@ from typing import Any
 
 import torch
 
-from ..core.reduce_op import ReduceOp, ReduceOpLike, make_premul_sum, supports_complex
+from ..core.reduce_op import (
+    RedOpType,
+    ReduceOp,
+    ReduceOpLike,
+    make_premul_sum,
+    supports_complex,
+)
 from ..process_group import ProcessGroup, Work
 from ..process_group.options import (
     AllgatherOptions,
@@ -54,6 +60,26 @@ __all__ = [
     "scatter",
     "supports_complex",
 ]
+
+
+# pyc10d's own group methods: a group whose class keeps the method a function calls takes
+# that function's fast path (the group's ``_*_fast`` methods); a user backend's overrides do not.
+_GROUP_ALLREDUCE = ProcessGroup.allreduce
+_GROUP_BROADCAST = ProcessGroup.broadcast
+_GROUP_ALLGATHER = ProcessGroup.all_gather_single
+_GROUP_REDUCE_SCATTER = ProcessGroup.reduce_scatter_single
+_GROUP_ALLTOALL = ProcessGroup.all_to_all_single
+
+
+def _fast(pg: ProcessGroup, method: str, own: Any, async_op: Any) -> bool:
+    """Whether a call may take its fast path: ``pg``'s ``method`` is pyc10d's own (``own``),
+    ``async_op`` a bool (others are converted, or refused, by the option's setter) and the
+    debug level below DETAIL (whose cross-rank check the fast paths skip)."""
+    return (
+        (async_op is False or async_op is True)
+        and getattr(type(pg), method, None) is own
+        and debug.get_debug_level() is not debug.DebugLevel.DETAIL
+    )
 
 
 def _make_nccl_premul_sum(factor: float | torch.Tensor) -> ReduceOp:
@@ -208,8 +234,13 @@ def broadcast(
     if pg is None:
         warn_not_in_group("broadcast")
         return None
+    root = _root(group, src, group_src, "src")
+    if _fast(pg, "broadcast", _GROUP_BROADCAST, async_op):
+        work = pg._broadcast_fast(tensor, root, async_op)  # None: not the common case
+        if work is not None:
+            return _finish(work, async_op)
     opts = BroadcastOptions()
-    opts.rootRank = _root(group, src, group_src, "src")
+    opts.rootRank = root
     opts.rootTensor = 0
     opts.asyncOp = async_op
     debug.check_before_collective(pg, "broadcast", [tensor], root=opts.rootRank)
@@ -232,6 +263,10 @@ def all_reduce(
     if pg is None:
         warn_not_in_group("all_reduce")
         return None
+    if type(op) is RedOpType and _fast(pg, "allreduce", _GROUP_ALLREDUCE, async_op):
+        work = pg._allreduce_fast(tensor, op, async_op)  # None: not the common case
+        if work is not None:
+            return _finish(work, async_op)
     if tensor.is_complex() and not supports_complex(op):
         raise ValueError(f"all_reduce does not support {op} on complex tensors")
     opts = AllreduceOptions()
@@ -342,6 +377,10 @@ def all_gather_single(
     if pg is None:
         warn_not_in_group("all_gather_single")
         return None
+    if _fast(pg, "all_gather_single", _GROUP_ALLGATHER, async_op):
+        work = pg._allgather_fast(output_tensor, input_tensor, async_op)
+        if work is not None:
+            return _finish(work, async_op)
     opts = AllgatherOptions()
     opts.asyncOp = async_op
     debug.check_before_collective(pg, "all_gather_single", [input_tensor])
@@ -506,6 +545,12 @@ def reduce_scatter_single(
     if pg is None:
         warn_not_in_group("reduce_scatter_single")
         return None
+    if type(op) is RedOpType and _fast(
+        pg, "reduce_scatter_single", _GROUP_REDUCE_SCATTER, async_op
+    ):
+        work = pg._reduce_scatter_fast(output, input, op, async_op)
+        if work is not None:
+            return _finish(work, async_op)
     opts = ReduceScatterOptions()
     opts.reduceOp = op
     opts.asyncOp = async_op
@@ -559,6 +604,14 @@ def all_to_all_single(
     _check_single_tensor(output, "output")
     _check_single_tensor(input, "input")
     _ensure_same_dtype(output, input)
+    if (
+        output_split_sizes is None
+        and input_split_sizes is None
+        and _fast(pg, "all_to_all_single", _GROUP_ALLTOALL, async_op)
+    ):
+        work = pg._alltoall_fast(output, input, async_op)
+        if work is not None:
+            return _finish(work, async_op)
     opts = AllToAllOptions()
     opts.asyncOp = async_op
     out_splits = [] if output_split_sizes is None else list(output_split_sizes)

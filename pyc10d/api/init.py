@@ -17,6 +17,7 @@ from ..process_group import ProcessGroup
 from ..process_group.options import Options
 from ..rendezvous import rendezvous
 from ..store import PrefixStore, Store
+from .backend_config import plan_group
 from .backends import make_group
 from .state import PYC10D, Backend, GroupInfo, _world, is_non_member
 
@@ -190,12 +191,16 @@ def init_process_group(
     timeout becomes ``timeout`` (default 30 min). As in torch, the group's store is
     ``PrefixStore("default_pg", store)`` (:func:`_get_default_store`), and with
     ``TORCH_DIST_INIT_BARRIER=1`` every rank waits in :func:`_store_based_barrier` before
-    returning. ``backend`` may be None (pyc10d), ``"gloo"`` or ``"cpu:gloo"``; NCCL and MPI
-    raise a ValueError. ``"gloo"`` runs pyc10d's own engine, as every backend name does, and is
-    reported by ``get_backend()`` as ``"gloo"``; one INFO line on this module's logger says so
-    when the group is created.
+    returning. ``backend`` may be None (pyc10d), ``"gloo"``, ``"pyc10d"``, a registered
+    backend, or a ``"device:backend,..."`` string of these (``"cpu:gloo"``); it is checked, with
+    torch's errors, before anything connects: NCCL, MPI and XCCL raise torch's RuntimeError
+    "Distributed package doesn't have NCCL built in" (as a torch built without them does, for
+    ``"cpu:gloo,cuda:nccl"`` too). ``"gloo"`` runs pyc10d's own engine, as every backend name
+    does, and is reported by ``get_backend()`` as requested; one INFO line on this module's
+    logger says so when the group is created.
     """
     name = Backend(backend) if backend is not None else Backend(PYC10D)
+    plan = plan_group(name)
     with _world.lock:
         if _world.default_pg is not None:
             raise ValueError("trying to initialize the default process group twice!")
@@ -211,8 +216,8 @@ def init_process_group(
         _world.global_rank = rank
         _world.group_count = 0
         _world.local_group_counts.clear()
-        _world.groups[pg] = GroupInfo(str(name), ranks, pg_name, default_store)
-    if name == Backend.GLOO:
+        _world.groups[pg] = GroupInfo(str(name), ranks, pg_name, default_store, plan.config)
+    if Backend.GLOO in plan.backends:
         log.info(GLOO_ALIAS_MESSAGE)
     if _is_barrier_after_init() == 1:
         _store_based_barrier(rank, default_store, pg_name, world_size, timeout)
@@ -237,3 +242,37 @@ def destroy_process_group(group: ProcessGroup | None = None) -> None:
             raise ValueError("Invalid process group specified")
         del _world.groups[group]
         group.shutdown()
+
+
+def _abort_process_group(group: ProcessGroup | None = None) -> None:
+    """Abort ``group``, or (None or ``group.WORLD``) every group and the default one, and forget
+    them (torch's ``_abort_process_group``): pending operations of this rank fail at once,
+    without waiting for the peers; sockets, threads and shared memory are released, and
+    ``init_process_group`` may be called again. As in torch, a rank outside ``group`` does
+    nothing, and a group the API does not know (never created, destroyed or aborted) is torch's
+    ValueError "Invalid process group specified or has been destroyed."
+    """
+    if is_non_member(group):
+        return
+    with _world.lock:
+        pg = _world.default_pg if group is None else group
+        if pg is None:
+            raise AssertionError("Process group cannot be None")
+        if pg not in _world.groups:
+            raise ValueError("Invalid process group specified or has been destroyed.")
+        if pg is _world.default_pg:
+            for member in reversed(list(_world.groups)):
+                member.abort()
+            _forget_all()
+            return
+        del _world.groups[pg]
+        pg.abort()
+
+
+def _forget_all() -> None:
+    """Clear the registry: no default group, no groups (the caller holds the lock)."""
+    _world.groups.clear()
+    _world.default_pg = None
+    _world.default_store = None
+    _world.global_rank = -1
+    _world.group_count = 0

@@ -15,8 +15,55 @@ from ..process_group.process_group import BackendType
 from ..store import Store
 
 PYC10D = "pyc10d"
-_ALIASES = {"gloo": "gloo", "cpu:gloo": "gloo", PYC10D: PYC10D, "cpu:pyc10d": PYC10D}
-_NOT_PROVIDED = ("nccl", "mpi", "ucc", "xccl", "hccl", "cuda:nccl")
+_ALIASES = {"gloo": "gloo", PYC10D: PYC10D}
+
+BUILT_IN_MESSAGES = {
+    "nccl": "Distributed package doesn't have NCCL built in",
+    "mpi": (
+        "Distributed package doesn't have MPI built in. MPI is only included if you build "
+        "PyTorch from source on a host that has MPI installed."
+    ),
+    "xccl": "Distributed package doesn't have XCCL built in",
+}
+"""torch's RuntimeError for a built-in backend it was compiled without, by name."""
+
+NOT_PROVIDED = (*BUILT_IN_MESSAGES, "ucc")
+"""Names of torch's backends that pyc10d does not provide."""
+
+
+class BackendUnavailableError(RuntimeError, ValueError):
+    """A backend this install does not provide (NCCL, MPI, XCCL, UCC): torch's RuntimeError
+    ("Distributed package doesn't have NCCL built in"), and a ValueError as pyc10d's
+    ``Backend(...)`` has always raised for these names."""
+
+
+class UnknownBackendError(AssertionError, ValueError):
+    """A backend name that nothing provides: torch's AssertionError ("Unknown backend type
+    foo"), and a ValueError as pyc10d's ``Backend(...)`` has always raised."""
+
+
+def unavailable(name: str) -> BackendUnavailableError | UnknownBackendError:
+    """torch's error for a backend of :data:`NOT_PROVIDED` in a torch built without it ("Distributed
+    package doesn't have NCCL built in"; "Unknown c10d backend type UCC"), saying what pyc10d
+    offers."""
+    first = BUILT_IN_MESSAGES.get(name)
+    error = BackendUnavailableError if first is not None else UnknownBackendError
+    if first is None:
+        first = f"Unknown c10d backend type {name.upper()}"
+    return error(
+        f"{first}: pyc10d does not provide the {name!r} backend; it runs collectives on CPU "
+        "tensors (and CUDA tensors staged through host memory) with its own engine: use "
+        "backend='gloo' (an alias), 'pyc10d', or leave it unset"
+    )
+
+
+def backend_name(name: str) -> Backend:
+    """``name`` read as torch's ``Backend(name)`` does, with no check: the value of the class
+    attribute ``Backend.<NAME>`` if there is one, else ``name`` lower-cased."""
+    value = getattr(Backend, name.upper(), Backend.UNDEFINED)
+    if not isinstance(value, str) or value == Backend.UNDEFINED:
+        value = name.lower()
+    return str.__new__(Backend, value)
 
 
 _BackendPlugin = namedtuple("_BackendPlugin", ["creator_fn", "extended_api"])
@@ -25,8 +72,13 @@ _BackendPlugin = namedtuple("_BackendPlugin", ["creator_fn", "extended_api"])
 class Backend(str):
     """A backend name, lower-cased (``Backend("GLOO") == "gloo"``), like torch's ``Backend``.
 
-    pyc10d runs everything on its own CPU engine; ``"gloo"`` and ``"cpu:gloo"`` name it too, so
-    unmodified torch scripts run. NCCL, MPI and the other device backends are not provided.
+    pyc10d runs everything on its own engine; ``"gloo"`` names it too, so unmodified torch
+    scripts run. A ``"device:backend,..."`` string (``"cpu:gloo"``) is returned lower-cased
+    as torch does, once :class:`~pyc10d.api.backend_config.BackendConfig` has checked its
+    form; the group creation checks its backends. Unlike torch's, a plain name nothing
+    provides is refused here: :class:`BackendUnavailableError` for NCCL, MPI, UCC and XCCL
+    (torch's "Distributed package doesn't have NCCL built in"), :class:`UnknownBackendError`
+    for any other (torch's "Unknown backend type"); both are ValueErrors too.
     The registry torch keeps on this class is here too: ``backend_list``,
     ``default_device_backend_map``, ``backend_capability``, ``backend_type_map``, ``_plugins``
     and :meth:`register_backend`; a registered name is accepted by ``Backend(name)``.
@@ -75,15 +127,20 @@ class Backend(str):
         if not isinstance(name, str):
             raise ValueError(f"Backend name must be a string, but got: {name!r}")
         value = name.lower()
-        if value.upper() in Backend._plugins:
+        if ":" in value or "," in value:
+            from .backend_config import BackendConfig  # it builds on this class
+
+            BackendConfig(value)  # torch's ValueError for a malformed string
             return super().__new__(cls, value)
-        if value in _NOT_PROVIDED:
-            raise ValueError(
-                f"pyc10d does not provide the {value!r} backend: it runs collectives on CPU "
-                f"tensors with its own engine; use backend='gloo' (an alias) or leave it unset"
-            )
+        if value.upper() in Backend._plugins or value == Backend.UNDEFINED:
+            return super().__new__(cls, value)
+        if value in NOT_PROVIDED:
+            raise unavailable(value)
         if value not in _ALIASES:
-            raise ValueError(f"Invalid backend: {name!r} (pyc10d accepts 'gloo' or 'pyc10d')")
+            raise UnknownBackendError(
+                f"Unknown backend type {name} (Invalid backend {name!r}: pyc10d accepts "
+                "'gloo', 'pyc10d', a registered backend or a 'device:backend,...' string)"
+            )
         return super().__new__(cls, _ALIASES[value])
 
     @classmethod
@@ -131,6 +188,7 @@ class GroupInfo:
     ranks: list[int]  # global rank of each group rank
     name: str
     store: Store | None = None
+    config: str | None = None  # str(BackendConfig(backend)) when the group was made
 
     def group_rank(self, global_rank: int) -> int:
         """This group's rank of ``global_rank``; ValueError if it is not a member."""
@@ -307,7 +365,8 @@ def get_backend(group: Any = None) -> Backend:
     create.
 
     The name is a label only: ``"gloo"`` (and ``"cpu:gloo"``) and ``"pyc10d"`` all run pyc10d's
-    own engine, never torch's Gloo. A group created with ``backend="gloo"`` reports ``"gloo"``,
+    own engine, never torch's Gloo. A group created with ``backend="gloo"`` reports ``"gloo"``
+    (and one created with a ``"device:backend"`` string reports that string, as torch does),
     so torch scripts that check for it keep working; ``init_process_group`` logs this once at
     INFO (logger ``pyc10d.api.init``).
     """
@@ -321,6 +380,21 @@ def get_backend(group: Any = None) -> Backend:
             "Please initialize the group first."
         )
     return Backend(registered.backend)
+
+
+def get_backend_config(group: Any = None) -> str:
+    """The backend configuration of ``group`` (default: the default group), torch's form:
+    ``"cpu:gloo,cuda:gloo"`` for a group made with ``"gloo"``, ``"cpu:pyc10d,cuda:pyc10d"``
+    with the default backend; ValueError outside the group, or for a group the API does not
+    know."""
+    if is_non_member(group):
+        raise ValueError("Invalid process group specified")
+    registered = info(group)
+    if registered.config is None:
+        from .backend_config import BackendConfig  # it builds on this module
+
+        registered.config = str(BackendConfig(registered.backend))
+    return registered.config
 
 
 def get_group_rank(group: Any, global_rank: int) -> int:

@@ -5,7 +5,14 @@ each rank sends every peer what it runs (``core.tags.Signature``, and whatever e
 must agree on) and checks what every peer sent, so ranks that run different collectives, or
 one that refused its part, make every rank raise, naming both sides, before any data moves.
 The small direct allreduce sends its data in that same message (no extra message), so that a
-rank running it and a rank running something else still meet on the signature's tag.
+rank running it and a rank running something else still meet on the signature's tag. The
+message also carries its sender's deadline for the collective (wall clock), which the transport
+keeps until the collective completes: a rank that completes right at a peer's deadline waits
+for that peer's word before keeping its result (see
+:meth:`~pyc10d.transport.mailbox_transport.MailboxTransport.abandoned`). In a group
+with a shared-memory arena, a collective whose data goes over the transport (gather, scatter,
+sparse allreduce, uneven reduce-scatter) compares signatures in an arena round instead, where
+a rank whose arguments took it to the arena meets it too.
 """
 
 from __future__ import annotations
@@ -25,16 +32,28 @@ from ..core.errors import (
     PeerFailedError,
     TransportTimeout,
 )
-from ..core.tags import SIGNATURE_STEP, Signature, describe_tag, mismatch_message, op_tag
+from ..core.tags import (
+    SIGNATURE_STEP,
+    Signature,
+    describe_tag,
+    mismatch_message,
+    op_tag,
+    part_step_base,
+)
 from ..core.tensor_bytes import byte_view
 from ..core.timeouts import Deadline
 from ..transport.base import DEADLINE_WINS_S, Transport
 from ..transport.shm.arena import ShmArena
+from ..transport.shm.lazy import LazyArena
 
 PREPOST_MIN_BYTES = 256 * 1024  # from this size a receive is posted before the matching send
+NO_COLLECTIVE = 0  # ShmArena.holder once a collective moved on from the arena to the transport
 
-SIGNATURE_FORMAT = struct.Struct("<QQ")
-"""How a signature travels ahead of a message's payload."""
+SIGNATURE_FORMAT = struct.Struct("<QQd")
+"""How a signature travels ahead of a message's payload: the signature, then its sender's
+deadline for the collective (``time.time()`` seconds; ``inf`` for none)."""
+SIGNATURE_BYTES = 16  # the signature itself, at the start of SIGNATURE_FORMAT
+_DEADLINE = struct.Struct("<d")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -72,12 +91,15 @@ class OpContext:
             return None
         if self.take_turn is not None:
             self.take_turn()
+        if isinstance(self.arena, LazyArena):  # attached by its first collective, by its deadline
+            self.arena.attach(self.seq, self.deadline)
         self.arena.begin(self.seq)
         return self.arena
 
     def sub_operation(self, index: int) -> OpContext:
-        """A context for part ``index`` of a coalesced collective, with its own message steps."""
-        return replace(self, step_base=self.step_base + (index << 16))
+        """A context for part ``index`` of a coalesced collective (of this collective's context),
+        with its own message steps (see :func:`~pyc10d.core.tags.part_step_base`)."""
+        return replace(self, step_base=part_step_base(index))
 
     def send(self, peer: int, step: int, tensor: torch.Tensor) -> None:
         """Send a contiguous tensor's bytes to ``peer`` as message ``step``."""
@@ -94,9 +116,13 @@ class OpContext:
     ) -> None:
         """Send ``send`` to ``dst`` and receive ``recv`` from ``src`` as message ``step``.
 
-        A large receive is posted first, from another thread, so the payload lands straight in
-        ``recv`` instead of being buffered as unexpected and copied.
+        The receive is posted first, so the payload lands straight in ``recv`` instead of being
+        buffered as unexpected and copied: by the transport on this thread where it can
+        (``send_recv``), else (a large receive) from another thread.
         """
+        if hasattr(self.transport, "send_recv"):
+            self.send_bytes(dst, step, byte_view(send), (src, byte_view(recv)))
+            return
         if recv.numel() * recv.element_size() < PREPOST_MIN_BYTES:
             self.send(dst, step, send)
             self.recv(src, step, recv)
@@ -111,8 +137,13 @@ class OpContext:
         """Exchange signatures (and ``extra``, bytes every rank sends every peer) with every
         peer; return each rank's ``extra`` in rank order. Raises DistBackendError, naming both
         sides, if a peer runs another collective or refused it; a refused ``sig`` only tells
-        the peers (the caller raises its own error)."""
-        header = SIGNATURE_FORMAT.pack(*sig)
+        the peers (the caller raises its own error). In a group with an arena the signatures
+        meet there (see :meth:`_agree_in_arena`), unless ``extra`` must travel with them."""
+        if self.arena is not None and (not extra or sig.refused()):
+            self._agree_in_arena(sig, extra)
+            return [memoryview(extra)] * self.size
+        deadline = self.deadline.at - time.monotonic() + time.time()
+        header = SIGNATURE_FORMAT.pack(*sig, deadline)
         payload = header + extra if extra else header
         rank, size = self.rank, self.size
         for distance in range(1, size):
@@ -121,6 +152,8 @@ class OpContext:
         if sig.refused():
             return extras
         cut = SIGNATURE_FORMAT.size
+        signature = header[:SIGNATURE_BYTES]
+        deadlines = []
         gave_up: CollectiveAbandonedError | None = None
         for distance in range(1, size):
             peer = (rank + distance) % size
@@ -131,18 +164,42 @@ class OpContext:
                 # ones already here, so that the first cause is what this rank reports too
                 gave_up = gave_up or exc
                 continue
-            if data[:cut] != header:
+            if data[:SIGNATURE_BYTES] != signature or len(data) < cut:
                 self.check_signature(sig, peer, data)
+            deadlines.append(_DEADLINE.unpack_from(data, SIGNATURE_BYTES)[0])
             extras[peer] = data[cut:]
         if gave_up is not None:
             raise gave_up
+        expect = getattr(self.transport, "expect_deadlines", None)  # a MailboxTransport's
+        if expect is not None:  # it keeps them until the collective completes
+            expect(self.seq, deadlines, self.deadline.seconds)
         return extras
+
+    def _agree_in_arena(self, sig: Signature, reason: bytes) -> None:
+        """:meth:`agree` in a group with an arena, for a collective whose data goes over the
+        transport: the signatures meet in an arena round, where a peer that runs its part of
+        this collective in the arena (its arguments chose that way: a dense tensor, even
+        blocks) looks for them too, so both sides raise the mismatch instead of each waiting
+        for the other. A refusal leaves ``reason`` there for the peers, and reads nothing."""
+        arena = self.shm()
+        assert arena is not None
+        arena.expect(sig)
+        round_ = arena.start_round(self.deadline, sig.kind())
+        if sig.refused():
+            arena.write_reason(round_, reason)
+        arena.post(round_)
+        if not sig.refused():
+            arena.wait_posted(round_, arena.peers, self.deadline, sig.kind())
+        arena.release(round_)
+        # the data goes over the transport: a failure from now on is told there, not in the
+        # arena (see ProcessGroup._give_up); every rank is past this round, nobody reads it
+        arena.holder = NO_COLLECTIVE
 
     def check_signature(self, sig: Signature, peer: int, data: bytes | memoryview) -> None:
         """Raise unless ``data`` (from ``peer``) starts with ``sig``."""
         if len(data) < SIGNATURE_FORMAT.size:
             raise DistBackendError(f"rank {peer} sent no signature for collective #{self.seq}")
-        theirs = Signature(*SIGNATURE_FORMAT.unpack_from(data))
+        theirs = Signature(*SIGNATURE_FORMAT.unpack_from(data)[:2])
         if theirs == sig:
             return
         if theirs.refused():
@@ -150,13 +207,25 @@ class OpContext:
             raise DistBackendError(f"rank {peer} refused its part of {theirs.kind()}: {reason}")
         raise DistBackendError(mismatch_message(self.rank, sig, peer, theirs, self.seq))
 
-    def send_bytes(self, peer: int, step: int, data: bytes | memoryview) -> None:
-        """Send raw bytes (signatures, headers of variable-size exchanges). A peer found gone
-        when at most DEADLINE_WINS_S of the deadline is left: the deadline is waited out and
-        wins (TransportTimeout), as for receives."""
+    def send_bytes(
+        self,
+        peer: int,
+        step: int,
+        data: bytes | memoryview,
+        reply: tuple[int, memoryview] | None = None,
+    ) -> None:
+        """Send raw bytes (signatures, headers of variable-size exchanges); with ``reply`` =
+        ``(src, out)``, receive message ``step`` from ``src`` into ``out`` too, through the
+        transport's ``send_recv``. A peer found gone when at most DEADLINE_WINS_S of the
+        deadline is left: the deadline is waited out and wins (TransportTimeout), as for
+        receives."""
         tag = op_tag(self.seq, self.step_base + step)
         try:
-            self.transport.send(peer, tag, data, self.deadline)
+            if reply is None:
+                self.transport.send(peer, tag, data, self.deadline)
+            else:
+                src, out = reply
+                self.transport.send_recv(peer, tag, data, src, tag, out, self.deadline)
         except PeerFailedError:
             remaining = self.deadline.remaining()
             if remaining > DEADLINE_WINS_S:

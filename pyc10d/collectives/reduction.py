@@ -82,19 +82,44 @@ def accumulates_wide(op: object, dtype: torch.dtype, operands: int) -> bool:
     return operands > 2 and dtype in HALF_DTYPES and op in _WIDENED_OPS
 
 
+def _binary(op: object, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a (op) b`` with one torch op writing straight into ``out`` (which may be ``a`` or
+    ``b`` itself: element-wise ops read each element before writing it)."""
+    if out.dtype == torch.bool and op in _ADDITIVE:
+        torch.logical_or(a, b, out=out)
+    elif out.dtype == torch.bool and op == ReduceOp.PRODUCT:
+        torch.logical_and(a, b, out=out)
+    else:
+        _BINARY[op](a, b, out=out)
+
+
+_BINARY: dict[object, Callable[..., object]] = {
+    ReduceOp.SUM: torch.add,
+    ReduceOp.AVG: torch.add,
+    ReduceOp.PREMUL_SUM: torch.add,
+    ReduceOp.PRODUCT: torch.mul,
+    ReduceOp.MIN: torch.minimum,
+    ReduceOp.MAX: torch.maximum,
+    ReduceOp.BAND: torch.bitwise_and,
+    ReduceOp.BOR: torch.bitwise_or,
+    ReduceOp.BXOR: torch.bitwise_xor,
+}
+
+
 def combine(op: object, out: torch.Tensor, parts: Sequence[torch.Tensor]) -> None:
-    """``out = parts[0] (op) parts[1] (op) ...`` in the given (rank) order; ``out`` aliases
-    none of ``parts``. Half-precision sums and products accumulate in float32, rounded once."""
+    """``out = parts[0] (op) parts[1] (op) ...`` in the given (rank) order. ``out`` may be
+    ``parts[0]`` or ``parts[1]`` itself (the very same elements), or any part when the
+    combination accumulates wide; it overlaps no other part. Half-precision sums and products
+    of three or more parts accumulate in float32, rounded once."""
     if accumulates_wide(op, out.dtype, len(parts)):
         _combine_wide(_REDUCERS[op], out, parts)
         return
-    if op in _ADDITIVE and out.dtype != torch.bool and len(parts) > 1:
-        torch.add(parts[0], parts[1], out=out)
-        rest = parts[2:]
-    else:
-        out.copy_(parts[0])
-        rest = parts[1:]
-    for part in rest:
+    if len(parts) == 1:
+        if out.data_ptr() != parts[0].data_ptr():
+            out.copy_(parts[0])
+        return
+    _binary(op, out, parts[0], parts[1])
+    for part in parts[2:]:
         _REDUCERS[op](out, part)
 
 

@@ -21,8 +21,20 @@ import torch
 
 from .dtypes import dtype_code, dtype_of
 
-STEP_BITS = 24
-"""Low bits of a collective tag (or arena round) that number the steps within one collective."""
+PART_STEP_BITS = 16
+"""Low bits of a step that number the messages of one part of a coalesced collective (or of a
+whole plain collective): :data:`SIGNATURE_STEP` is the last of them."""
+
+PART_BITS = 10
+"""Bits above :data:`PART_STEP_BITS` numbering the parts of a coalesced collective: parts get
+distinct tags up to :data:`PARTS`, then reuse them in order (see :func:`part_step_base`)."""
+
+PARTS = 1 << PART_BITS
+"""How many parts of a coalesced collective get tags of their own (1024)."""
+
+STEP_BITS = PART_STEP_BITS + PART_BITS
+"""Low bits of a collective tag (or arena round) that number the steps within one collective:
+the sequence number above them keeps 61 - STEP_BITS = 35 bits (3.4e10 collectives)."""
 
 P2P_TAG_BIT = 1 << 62
 """Set in every user send/recv tag, so user tags live apart from collective tags."""
@@ -35,9 +47,20 @@ CONTROL_TAG_BIT = 1 << 61
 
 _KIND_MASK = P2P_TAG_BIT | CONTROL_TAG_BIT
 
-SIGNATURE_STEP = (1 << 16) - 1
+SIGNATURE_STEP = (1 << PART_STEP_BITS) - 1
 """The step (within a collective, or a part of a coalesced one) of the messages carrying the
 ranks' signatures, when they do not ride on the first data message."""
+
+
+def part_step_base(index: int) -> int:
+    """What part ``index`` of a coalesced collective adds to its steps.
+
+    Parts get distinct steps up to :data:`PARTS`; part ``index`` then shares part
+    ``index % PARTS``'s, which stays correct because parts run one after another and every
+    ``(source, tag)`` stream is first in, first out. A part never reaches the sequence number's
+    bits, so every tag of a collective stays its own (``discard(seq)`` drops them all).
+    """
+    return (index % PARTS) << PART_STEP_BITS
 
 
 def op_tag(seq: int, step: int = 0) -> int:

@@ -27,10 +27,12 @@ As in torch:
   (default ``$XDG_CACHE_HOME/torch/comm_lib_trace_rank_<rank>``, ``~/.cache`` without it; the
   rank is the global one). ``TORCH_NCCL_DUMP_ON_TIMEOUT=0`` turns that off, as in torch.
 
-Recording costs about 2 us of CPU per operation (``benchmarks/flight_recorder_bench.py``): an
-entry object, the sizes and dtypes, one short lock, three timestamps and the Python stack, caught
-by torch's own C++ unwinder and symbolized only when dumped (about 0.4 us; ``PYC10D_FR_STACK=0``
-skips it). Nothing holds on to the tensors.
+Recording is on the path of every operation, so it keeps raw values and converts them only when
+dumped (``benchmarks/flight_recorder_bench.py`` measures it): an entry object filled without a
+lock, sizes and dtypes shared between entries that have the same ones, one ``time_ns`` per state
+change, and the Python stack (torch records it by default too), caught by torch's own C++
+unwinder as code objects and instruction offsets, symbolized only when dumped
+(``PYC10D_FR_STACK=0`` skips it). Nothing holds on to the tensors.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ DUMP_FILE_VARS = ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE")
 DUMP_ON_FAILURE_VAR = "TORCH_NCCL_DUMP_ON_TIMEOUT"
 """Set to 0 to stop the automatic dump when an operation times out or loses a peer."""
 
+SHARED_LIMIT = 4096
+"""The most distinct tensor descriptions (sizes and dtypes) a recorder shares at once."""
+
 STACK_VAR = "PYC10D_FR_STACK"
-"""Set to 0 to record no stacks (saves most of the recording cost)."""
+"""Set to 0 to record no stacks (the largest single part of the recording cost)."""
 
 VERSION = "2.10"
 """The dump format version torch 2.13's recorder writes (its analyzer checks ``major.minor``)."""
@@ -135,9 +140,6 @@ except ImportError:  # pragma: no cover - older torch: walk the Python frames
     _gather_traceback = None
     _symbolize_tracebacks = None
 
-_NAMES = {op: f"{BACKEND}:{name}" for op, name in PROFILING_NAMES.items()}
-"""The profiling names of the collectives, made once."""
-
 _INTERNAL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 """Frames in this package (Work, the engine, the group) are left out of dumped stacks."""
 
@@ -159,16 +161,24 @@ def _timeout_ms(timeout: Any) -> int:
     return int(seconds * 1000)
 
 
-def describe(value: Any, stacked: bool) -> list[tuple[torch.Size, torch.dtype]]:
+def _stacked(item: list | tuple) -> tuple[torch.Size, torch.dtype]:
+    """(size, dtype) of a non-empty per-rank list of tensors seen as one: ``[len, *shape]``."""
+    first = item[0]
+    return torch.Size((len(item), *first.shape)), first.dtype
+
+
+def describe(value: Any, stacked: bool) -> tuple[tuple[torch.Size, torch.dtype], ...]:
     """(size, dtype) of each tensor of ``value`` (a tensor, or a list of tensors and lists).
 
     With ``stacked``, a nested list counts as one tensor of size ``[len, *first.shape]``.
-    (Types are compared directly: ``isinstance(x, torch.Tensor)`` costs more than the rest.)
+    Only the raw sizes and dtypes are kept (no reference to the tensors); they become torch's
+    lists and names when dumped. (Types are compared directly: ``isinstance(x,
+    torch.Tensor)`` costs more than the rest.)
     """
     if value is None:
-        return []
+        return ()
     if type(value) is not list and type(value) is not tuple:
-        return [(value.shape, value.dtype)]
+        return ((value.shape, value.dtype),)
     found = []
     for item in value:
         if type(item) is not list and type(item) is not tuple:
@@ -176,12 +186,10 @@ def describe(value: Any, stacked: bool) -> list[tuple[torch.Size, torch.dtype]]:
         elif not item:
             continue
         elif stacked:
-            first = item[0]
-            found.append((torch.Size((len(item), *first.shape)), first.dtype))
+            found.append(_stacked(item))
         else:
-            for tensor in item:
-                found.append((tensor.shape, tensor.dtype))
-    return found
+            found.extend((tensor.shape, tensor.dtype) for tensor in item)
+    return tuple(found)
 
 
 class GroupRecord:
@@ -189,7 +197,10 @@ class GroupRecord:
 
     ``name`` is torch's group name (``"0"`` for the default group, ``"1"``, ``"2"``... for
     ``new_group``), ``desc`` its description (``"default_pg"``, else ``"undefined"`` unless one
-    was set), ``ranks`` the members' global ranks.
+    was set), ``ranks`` the members' global ranks. ``op_ids`` and ``p2p_ids`` count the
+    group's operations and point-to-point operations (``itertools.count``: one ``next`` is
+    atomic under the GIL); ``p2p_seq`` is the last p2p id given, ``enqueued``, ``started`` and
+    ``completed`` the last collective sequence numbers (torch's ``pg_status``).
     """
 
     __slots__ = (
@@ -198,7 +209,8 @@ class GroupRecord:
         "enqueued",
         "global_rank",
         "name",
-        "op_id",
+        "op_ids",
+        "p2p_ids",
         "p2p_seq",
         "pg_id",
         "rank",
@@ -216,8 +228,9 @@ class GroupRecord:
         self.name = named or str(pg_id)
         desc = getattr(pg, "group_desc", "") or ""
         self.desc = desc or ("default_pg" if named == "0" else "undefined")
+        self.op_ids = itertools.count(1)
+        self.p2p_ids = itertools.count(1)
         self.p2p_seq = 0
-        self.op_id = 0
         self.enqueued = 0
         self.started = -1
         self.completed = -1
@@ -236,21 +249,25 @@ class GroupRecord:
 
 
 class Entry:
-    """One recorded operation; its Work moves it through scheduled, started and completed."""
+    """One recorded collective; its Work moves it through scheduled, started and completed.
+
+    It holds raw values only: the op type and peer (the profiling name is made when dumped),
+    (size, dtype) pairs, the timeout as given, the thread id and the unsymbolized stack; one
+    ``time_ns`` per state change, and the state follows from which times are set.
+    """
 
     __slots__ = (
         "collective_seq_id",
         "group",
         "inputs",
-        "is_p2p",
         "op_id",
+        "op_type",
         "outputs",
         "p2p_seq_id",
-        "profiling_name",
+        "peer",
         "record_id",
         "retired",
         "stack",
-        "state",
         "thread_id",
         "time_completed_ns",
         "time_created_ns",
@@ -258,25 +275,41 @@ class Entry:
         "timeout",
     )
 
+    is_p2p = False
+    """True for a send or receive (:class:`P2PEntry`)."""
+
     def start(self) -> None:
         """The operation began running (torch's ``time_discovered_started_ns``)."""
-        if self.state == SCHEDULED:
+        if self.time_started_ns is None:
             self.time_started_ns = time_ns()
-            self.state = STARTED
-            if not self.is_p2p:
-                self.group.started = self.collective_seq_id
+            self.group.started = self.collective_seq_id
 
     def complete(self) -> None:
         """The operation succeeded."""
         self.time_completed_ns = time_ns()
-        self.state = COMPLETED
         self.retired = True
-        if not self.is_p2p:
-            self.group.completed = self.collective_seq_id
+        self.group.completed = self.collective_seq_id
 
     def retire(self) -> None:
         """The operation failed: it is over, but never completed (its state stays)."""
         self.retired = True
+
+    @property
+    def state(self) -> str:
+        """The state: "scheduled", "started" or "completed", from the times set."""
+        if self.time_completed_ns is not None:
+            return COMPLETED
+        return SCHEDULED if self.time_started_ns is None else STARTED
+
+    @property
+    def profiling_name(self) -> str:
+        """torch's name of the operation: ``"gloo:all_reduce"``, ``"gloo:send 0->1"``."""
+        name = f"{BACKEND}:{PROFILING_NAMES.get(self.op_type, self.op_type)}"
+        if self.is_p2p:
+            arrow = "->" if self.op_type == "send" else "<-"
+            peer = -1 if self.peer is None else self.peer
+            name = f"{name} {self.group.rank}{arrow}{peer}"
+        return name
 
     def duration_ms(self) -> float | None:
         """Milliseconds from start (or creation, if never marked started) to completion."""
@@ -284,6 +317,15 @@ class Entry:
             return None
         begin = self.time_started_ns or self.time_created_ns
         return (self.time_completed_ns - begin) / 1e6
+
+    def _tensors(self) -> tuple[list, list]:
+        """(inputs, outputs) as (size, dtype) pairs: in-place operations' inputs are their
+        outputs; others without recorded inputs have none."""
+        outputs = self.outputs
+        inputs = self.inputs
+        if inputs is None:
+            inputs = outputs if self.op_type in SAME_INPUTS else []
+        return inputs, outputs
 
     def to_dict(self, threads: dict[int, str], frames: list[dict] | None) -> dict[str, Any]:
         """The entry as torch writes it in a pickled dump (``frames`` only if given)."""
@@ -303,11 +345,12 @@ class Entry:
         duration = self.duration_ms()
         if duration is not None:
             data["duration_ms"] = duration
+        inputs, outputs = self._tensors()
         data.update(
-            input_sizes=[list(size) for size, _ in self.inputs],
-            input_dtypes=[dtype_name(dtype) for _, dtype in self.inputs],
-            output_sizes=[list(size) for size, _ in self.outputs],
-            output_dtypes=[dtype_name(dtype) for _, dtype in self.outputs],
+            input_sizes=[list(size) for size, _ in inputs],
+            input_dtypes=[dtype_name(dtype) for _, dtype in inputs],
+            output_sizes=[list(size) for size, _ in outputs],
+            output_dtypes=[dtype_name(dtype) for _, dtype in outputs],
             state=self.state,
             time_discovered_started_ns=self.time_started_ns,
             time_discovered_completed_ns=self.time_completed_ns,
@@ -320,10 +363,27 @@ class Entry:
         return data
 
 
-def _capture_stack() -> Any:
-    """The caller's Python stack, cheaply: symbolized by :func:`_symbolize` at dump time."""
-    if _gather_traceback is not None:
-        return _gather_traceback(python=True, script=False, cpp=False)
+class P2PEntry(Entry):
+    """One recorded send or receive: the group's collective status is not its to move."""
+
+    __slots__ = ()
+
+    is_p2p = True
+
+    def start(self) -> None:
+        """The operation began running."""
+        if self.time_started_ns is None:
+            self.time_started_ns = time_ns()
+
+    def complete(self) -> None:
+        """The operation succeeded."""
+        self.time_completed_ns = time_ns()
+        self.retired = True
+
+
+def _capture_stack(python: bool = True, script: bool = False, cpp: bool = False) -> Any:
+    """The caller's Python stack as (code, line) pairs, where torch's C++ capture is missing
+    (the arguments are its, ignored)."""
     frame: FrameType | None = sys._getframe(1)
     found = []
     while frame is not None and len(found) < 64:
@@ -353,11 +413,19 @@ def _symbolize(stacks: Sequence[Any]) -> list[list[dict[str, Any]]]:
     return result
 
 
+def _share(table: dict, key: Any, value: tuple) -> tuple:
+    """Add ``key -> value`` to ``table`` (emptied first if full) and return ``value``."""
+    if len(table) >= SHARED_LIMIT:
+        table.clear()
+    table[key] = value
+    return value
+
+
 class FlightRecorder:
     """A ring buffer of the last ``capacity`` operations of every group of this process.
 
-    Recording takes one short lock (ids and counters); states are then plain attribute writes
-    by the operation's Work, so an entry may be dumped mid-update (as torch's may).
+    Recording takes no lock (see :meth:`record`); states are then plain attribute writes by
+    the operation's Work, so an entry may be dumped mid-update (as torch's may).
     """
 
     def __init__(self, capacity: int, capture_stacks: bool = True) -> None:
@@ -365,15 +433,18 @@ class FlightRecorder:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
         self.capture_stacks = capture_stacks
-        self._fast_stacks = capture_stacks and _gather_traceback is not None
+        self._gather = (_gather_traceback or _capture_stack) if capture_stacks else None
         self._slots: list[Entry | None] = [None] * capacity
         self._ids = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # groups, the dumped flag: not the recording path
         self._groups: weakref.WeakKeyDictionary[Any, GroupRecord] = weakref.WeakKeyDictionary()
         self._by_name: dict[str, GroupRecord] = {}  # kept after a group is gone: its entries stay
         self._pg_ids = itertools.count()
         self._last_group: tuple[Any, GroupRecord | None] = (lambda: None, None)
         self._dumped = False
+        # descriptions already seen -> one shared copy (see :meth:`_describe`)
+        self._one: dict[tuple[torch.Size, torch.dtype], tuple] = {}
+        self._many: dict[tuple, tuple] = {}
 
     # -- recording ------------------------------------------------------------------------------
     def group(self, pg: Any) -> GroupRecord:
@@ -386,6 +457,7 @@ class FlightRecorder:
                     record = GroupRecord(pg, next(self._pg_ids))
                     self._groups[pg] = record
                     self._by_name[record.name] = record
+        self._last_group = (weakref.ref(pg), record)
         return record
 
     def record(
@@ -403,58 +475,71 @@ class FlightRecorder:
         ``seq`` is the group's collective sequence number (ignored for ``send``/``recv``),
         ``inputs``/``outputs`` its tensors (``inputs=None``: the outputs, for in-place
         operations), ``timeout`` a timedelta or seconds, ``peer`` the other rank of a p2p.
+
+        No lock: the ids come from ``itertools.count`` objects, whose ``next`` runs in C
+        without releasing the GIL, so two threads never get the same one; the entry is
+        filled before it is published by one list-slot store, itself atomic under the GIL
+        (the entry it replaces is freed there, running no Python code: it has no ``__del__``
+        and holds no object that has one). Two threads recording on one group at once may
+        leave the group's ``p2p_seq`` or ``enqueued`` at the earlier of their values, until
+        its next operation: torch's analyzer reads entries, not those.
         """
         last = self._last_group  # (weak reference, record): most operations use one group
-        if last[0]() is pg:
-            group = last[1]
+        group = last[1] if last[0]() is pg else self.group(pg)
+        if op_type in P2P_OPS:
+            entry: Entry = P2PEntry()
+            entry.p2p_seq_id = group.p2p_seq = next(group.p2p_ids)
+            entry.collective_seq_id = group.enqueued
         else:
-            group = self.group(pg)
-            self._last_group = (weakref.ref(pg), group)
-        entry = Entry()
-        entry.outputs = described = describe(outputs, op_type in STACKED_OUTPUTS)
-        if inputs is not None:
-            described = describe(inputs, op_type in STACKED_INPUTS)
-        elif op_type not in SAME_INPUTS:
-            described = []
-        entry.inputs = described
-        is_p2p = op_type in P2P_OPS
-        name = _NAMES.get(op_type)
-        if name is None or is_p2p:
-            name = f"{BACKEND}:{PROFILING_NAMES.get(op_type, op_type)}"
-            if is_p2p:
-                arrow = "->" if op_type == "send" else "<-"
-                name = f"{name} {group.rank}{arrow}{-1 if peer is None else peer}"
-        entry.profiling_name = name
-        entry.is_p2p = is_p2p
+            entry = Entry()
+            entry.collective_seq_id = group.enqueued = seq
+            entry.p2p_seq_id = group.p2p_seq
+        entry.op_id = next(group.op_ids)
         entry.group = group
+        entry.op_type = op_type
+        entry.peer = peer
+        entry.outputs = self._describe(outputs, op_type in STACKED_OUTPUTS)
+        entry.inputs = None if inputs is None else self._describe(inputs, op_type in STACKED_INPUTS)
         entry.timeout = timeout
-        entry.state = SCHEDULED
         entry.retired = False
         entry.time_started_ns = entry.time_completed_ns = None
         entry.thread_id = get_ident()
-        if self._fast_stacks:  # positional: keywords cost as much as the capture's setup
-            entry.stack = _gather_traceback(True, False, False)
-        else:
-            entry.stack = _capture_stack() if self.capture_stacks else None
-        with self._lock:
-            entry.record_id = record_id = next(self._ids)
-            group.op_id += 1
-            entry.op_id = group.op_id
-            if is_p2p:
-                group.p2p_seq += 1
-            else:
-                group.enqueued = seq
-            entry.collective_seq_id = group.enqueued
-            entry.p2p_seq_id = group.p2p_seq
-            entry.time_created_ns = time_ns()
-            self._slots[record_id % self.capacity] = entry
+        gather = self._gather  # positional: keywords cost as much as the capture's setup
+        entry.stack = None if gather is None else gather(True, False, False)
+        entry.record_id = record_id = next(self._ids)
+        entry.time_created_ns = time_ns()
+        self._slots[record_id % self.capacity] = entry
         return entry
+
+    def _describe(self, value: Any, stacked: bool) -> tuple:
+        """:func:`describe`, shared: an entry keeps the copy made for the first operation with
+        the same sizes and dtypes, and the new one is freed at once.
+
+        Keeping a fresh tuple and ``torch.Size`` per entry for ``capacity`` operations is what
+        made recording cost most (long-lived objects the garbage collector tracks, freed cold);
+        a shared one costs a dictionary lookup. Each table is emptied when it reaches
+        :data:`SHARED_LIMIT` descriptions (a job whose shapes never repeat). Sizes that
+        cannot be hashed (symbolic ones) are kept unshared.
+        """
+        try:
+            if type(value) is list and len(value) == 1 and not stacked:  # Work's [[tensor]]
+                item = value[0]
+                if type(item) is list and len(item) == 1:
+                    tensor = item[0]
+                    if type(tensor) is not list and type(tensor) is not tuple:
+                        key = (tensor.shape, tensor.dtype)
+                        shared = self._one.get(key)
+                        return shared if shared is not None else _share(self._one, key, (key,))
+            found = describe(value, stacked)
+            shared = self._many.get(found)
+            return shared if shared is not None else _share(self._many, found, found)
+        except TypeError:  # unhashable (symbolic) sizes: kept as they are
+            return describe(value, stacked)
 
     # -- dumping --------------------------------------------------------------------------------
     def entries(self, only_active: bool = False) -> list[Entry]:
         """The entries kept, oldest first (``only_active``: those not completed)."""
-        with self._lock:
-            kept = [entry for entry in self._slots if entry is not None]
+        kept = [entry for entry in list(self._slots) if entry is not None]  # list(): one copy
         kept.sort(key=lambda entry: entry.record_id)
         if only_active:
             kept = [entry for entry in kept if entry.state != COMPLETED]
@@ -463,7 +548,7 @@ class FlightRecorder:
     def reset(self) -> None:
         """Forget every entry (the groups stay known); the next record id continues."""
         with self._lock:
-            self._slots = [None] * self.capacity
+            self._slots = [None] * self.capacity  # a record racing this lands in the old one
             self._dumped = False
 
     def dump_dict(

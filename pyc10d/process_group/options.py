@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from ..core.reduce_op import ReduceOp, ReduceOpLike, to_reduce_op
+from ..core.reduce_op import RedOpType, ReduceOp, ReduceOpLike, to_reduce_op
 from ..core.timeouts import DEFAULT_PG_TIMEOUT, to_timedelta
 
 # The per-call option classes, which torch.distributed exports at top level (the group's own
@@ -37,14 +37,17 @@ DEFAULT_THREADS = 2
 """Worker threads of a group by default (torch's ``ProcessGroupGloo._Options._threads``)."""
 
 
+_NO_TIME = timedelta(0)
+
+
 def is_unset_timeout(timeout: timedelta) -> bool:
     """True for :data:`UNSET_TIMEOUT` (any negative timedelta counts as unset)."""
-    return timeout < timedelta(0)
+    return timeout < _NO_TIME
 
 
 def resolve_timeout(timeout: timedelta, default: timedelta) -> timedelta:
     """The timeout a collective runs under: ``timeout`` if set, else the group's ``default``."""
-    return default if is_unset_timeout(timeout) else timeout
+    return default if timeout < _NO_TIME else timeout
 
 
 def _check_timedelta(value: Any) -> timedelta:
@@ -56,6 +59,8 @@ def _check_timedelta(value: Any) -> timedelta:
 
 def _check_int(value: Any, what: str) -> int:
     """``value`` as an int (bool and non-integers rejected with TypeError, as torch does)."""
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be an int, got {type(value).__name__}")
     return value.__index__()
@@ -83,6 +88,16 @@ def _to_bool(owner: object, value: Any) -> bool:
         f"    1. (self: {cls.__module__}.{cls.__qualname__}, arg0: bool) -> None\n\n"
         f"Invoked with: {object.__repr__(owner)}, {value!r}"
     )
+
+
+def _op_object(value: ReduceOpLike) -> ReduceOp:
+    """``value`` as a :class:`ReduceOp` object (:func:`to_reduce_op`, without its generic
+    conversions for the usual case of a plain member: every call builds one)."""
+    if type(value) is RedOpType and value is not RedOpType.PREMUL_SUM:
+        op = ReduceOp.__new__(ReduceOp)
+        op.op, op._factor = value, None
+        return op
+    return to_reduce_op(value)
 
 
 class CollectiveOptions:
@@ -134,7 +149,7 @@ class ReduceOpOptions(CollectiveOptions):
 
     def __init__(self) -> None:
         super().__init__()
-        self._reduceOp = ReduceOp(ReduceOp.SUM)
+        self._reduceOp = _op_object(RedOpType.SUM)
 
     @property
     def reduceOp(self) -> ReduceOp:
@@ -143,7 +158,7 @@ class ReduceOpOptions(CollectiveOptions):
 
     @reduceOp.setter
     def reduceOp(self, value: ReduceOpLike) -> None:
-        self._reduceOp = to_reduce_op(value)
+        self._reduceOp = _op_object(value)
 
 
 class RootRankOptions(CollectiveOptions):
@@ -256,8 +271,11 @@ class Options:
 
     ``timeout``/``_timeout``: default for every call (30 min; a timedelta or seconds).
     ``threads``/``_threads``: worker threads (2). ``bind_host``/``advertise_host``: the address to
-    listen on and the one peers dial (None: chosen by the transport). ``_devices``,
-    ``group_name``, ``global_ranks_in_group`` and ``backend`` ("gloo") are kept as torch has them.
+    listen on and the one peers dial (None: chosen by the transport). ``lazy_init``: connect
+    each pair of ranks on first use instead of when the group is created (None: as
+    ``PYC10D_LAZY_INIT`` / ``TORCH_GLOO_LAZY_INIT`` say; torch sets it per device, through
+    ``create_device(lazy_init=...)``). ``_devices``, ``group_name``, ``global_ranks_in_group``
+    and ``backend`` ("gloo") are kept as torch has them.
     """
 
     __slots__ = (
@@ -269,6 +287,7 @@ class Options:
         "bind_host",
         "global_ranks_in_group",
         "group_name",
+        "lazy_init",
     )
 
     def __init__(
@@ -277,6 +296,7 @@ class Options:
         threads: int = DEFAULT_THREADS,
         bind_host: str | None = None,
         advertise_host: str | None = None,
+        lazy_init: bool | None = None,
     ) -> None:
         self._timeout_value = DEFAULT_PG_TIMEOUT
         self._threads_value = DEFAULT_THREADS
@@ -284,6 +304,7 @@ class Options:
         self.threads = threads
         self.bind_host = bind_host
         self.advertise_host = advertise_host
+        self.lazy_init = lazy_init
         self._devices: list[Any] = []
         self.backend = "gloo"
         self.group_name = ""
@@ -318,5 +339,5 @@ class Options:
         return (
             f"Options(timeout={self.timeout!r}, threads={self.threads}, "
             f"bind_host={self.bind_host!r}, advertise_host={self.advertise_host!r}, "
-            f"group_name={self.group_name!r})"
+            f"lazy_init={self.lazy_init!r}, group_name={self.group_name!r})"
         )

@@ -178,6 +178,10 @@ class ProcessGroup:
         self._running: dict[int, Work] = {}  # collectives not yet finished, for barrier()
         self._bound_device_id: torch.device | None = None
         self._group_desc = ""
+        # (dtype, op) pairs whose allreduce checks passed (see _allreduce_fast)
+        self._allreduce_checked: set[tuple[torch.dtype, RedOpType]] = set()
+        self._abort_requested = False  # abort(): the pending operations' errors say so
+        self._close_reason = ["the process group has been shut down"]  # queued ops' error
 
     def _init_connected(
         self, store: Store, rank: int, world_size: int, options: Options | None = None
@@ -202,9 +206,12 @@ class ProcessGroup:
             setup,
             bind_host=self.options.bind_host,
             advertise_host=self.options.advertise_host,
+            lazy=self.options.lazy_init,
         )
         try:
-            self._arena = make_arena(self._store, rank, world_size, setup, transport.peer_failure)
+            self._arena = make_arena(
+                self._store, rank, world_size, setup, transport.peer_failure, self.options.lazy_init
+            )
         except BaseException:
             transport.close()
             raise
@@ -218,6 +225,7 @@ class ProcessGroup:
             self._p2p_engines,
             self._transport,
             self._arena,
+            self._close_reason,
         )
 
     # -- identity and settings ----------------------------------------------------------------
@@ -341,9 +349,16 @@ class ProcessGroup:
             self._finalizer()
 
     def abort(self) -> None:
-        """torch's ``abort()``: close at once; pending operations fail."""
-        if self._finalizer is not None:
+        """torch's ``abort()``: close at once, without waiting for the peers; pending operations
+        fail, saying that the group was aborted."""
+        if self._finalizer is not None and self._finalizer.alive:
+            self._abort_requested = True
+            self._close_reason[0] = "the process group was aborted"
             self._finalizer()
+
+    def _why(self) -> str:
+        """What an operation's error says first once :meth:`abort` was called (else nothing)."""
+        return "the process group was aborted: " if self._abort_requested else ""
 
     def _drain(self) -> None:
         """Wait (up to the group's timeout in all) for every collective issued so far, unless
@@ -372,28 +387,35 @@ class ProcessGroup:
         return self._engine
 
     @staticmethod
-    def _shutdown(engine: Engine, p2p: dict, transport: Transport, arena: ShmArena | None) -> None:
+    def _shutdown(
+        engine: Engine, p2p: dict, transport: Transport, arena: ShmArena | None, reason: list
+    ) -> None:
         transport.close()  # wakes running operations with an error
         if arena is not None:
             arena.abort()
-        engine.shutdown()
+        engine.shutdown(reason[0])  # fails the queued ones with ``reason``
         for p2p_engine in list(p2p.values()):
-            p2p_engine.shutdown()
+            p2p_engine.shutdown(reason[0])
         if arena is not None:
             arena.close()
 
     # -- running operations -------------------------------------------------------------------
     def _failed(self, op_type: str, seq: int, error: DistBackendError) -> DistBackendError:
         """``error`` (same class, ``peer`` kept) with this rank and operation in its message."""
-        return with_context(error, f"[rank {self._rank}] {op_type} (#{seq}) failed: ")
+        return with_context(error, f"[rank {self._rank}] {op_type} (#{seq}) failed: {self._why()}")
 
-    def _run(self, op_type: str, seq: int, timeout: timedelta, body: Body) -> None:
+    def _run(
+        self, op_type: str, seq: int, timeout: timedelta, body: Body, ordered: bool = False
+    ) -> None:
+        """Run collective ``seq``'s ``body``; ``ordered``: every collective issued before it is
+        known to be finished already (it need not wait for its turn at the arena)."""
         transport = self._transport
         error = transport.error
         if error is not None:
             raise self._failed(op_type, seq, error)
         deadline = Deadline(timeout)
         started = time.monotonic()
+        order = self._order
         ctx = OpContext(
             transport,
             self._rank,
@@ -401,7 +423,7 @@ class ProcessGroup:
             seq,
             deadline,
             arena=self._arena,
-            take_turn=lambda: self._order.wait_turn(seq, deadline),
+            take_turn=None if ordered else lambda: order.wait_turn(seq, deadline),
         )
         try:
             with torch._C._InferenceMode(True):  # torch.inference_mode(), minus its overhead
@@ -431,7 +453,7 @@ class ProcessGroup:
         final: DistBackendError = exc
         own_timeout = isinstance(exc, TransportTimeout) and bool(exc.ranks) and not in_arena
         if isinstance(exc, CollectiveAbandonedError):
-            final = outcome.from_peer(exc, self._rank, started)
+            final = outcome.from_peer(exc, self._rank, started, transport)
         elif own_timeout:
             final = outcome.timeout_error(exc.ranks, exc.seconds, seq)
         if not in_arena and transport.error is None:
@@ -468,32 +490,73 @@ class ProcessGroup:
     def _collective(
         self, op_type: str, opts: CollectiveOptions, outputs: list, body: Body, inputs: Any = None
     ) -> Work:
-        engine = self._require_backend()
+        """Issue collective ``body`` (the next sequence number) and return its Work.
+
+        A caller that waits at once (``opts.asyncOp`` False, the module API's
+        ``async_op=False``) while every collective issued before is finished runs it right
+        here, without the engine. Otherwise it is queued deferred (see :mod:`.engine`):
+        ``wait()`` runs it in the waiting thread, or a worker starts it when someone asks about
+        it (``get_future()``, ``is_completed()``...) or after ``engine.DEFER_S`` at the latest.
+        """
         timeout = resolve_timeout(opts.timeout, self.options.timeout)
+        return self._issue(op_type, timeout, opts.asyncOp, outputs, body, inputs)
+
+    def _issue(
+        self,
+        op_type: str,
+        timeout: timedelta,
+        async_op: bool,
+        outputs: list,
+        body: Body,
+        inputs: Any = None,
+    ) -> Work:
+        """:meth:`_collective` with its options read: ``timeout`` (resolved) and ``async_op``."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError(_NO_BACKEND.format("cpu"))
         with self._lock:
             self._seq += 1
             seq = self._seq
             work = Work(op_type, seq, outputs, group=self, inputs=inputs, timeout=timeout)
             self._running[seq] = work
         value = _future_value(outputs)
+        if async_op is False and self._order.is_turn(seq) and not engine._stopped:
+            self._run_now(work, op_type, seq, timeout, body, value)
+            return work
 
         def run() -> Any:
             try:
                 self._run(op_type, seq, timeout, body)
             finally:
-                self._order.finish(seq)
-                with self._lock:
-                    self._running.pop(seq, None)
+                self._retire(seq)
             return value
 
-        caller_waits = opts.asyncOp is False  # the module API's async_op=False
         try:
-            return engine.submit(work, run, wake=not caller_waits)
+            return engine.submit(work, run, wake=False)
         except BaseException:  # shut down: it will never run
-            self._order.finish(seq)
-            with self._lock:
-                self._running.pop(seq, None)
+            self._retire(seq)
             raise
+
+    def _retire(self, seq: int) -> None:
+        """Collective ``seq`` is over (run or not): let later ones take their turn."""
+        self._order.finish(seq)
+        with self._lock:
+            self._running.pop(seq, None)
+
+    def _run_now(
+        self, work: Work, op_type: str, seq: int, timeout: timedelta, body: Body, value: Any
+    ) -> None:
+        """Run collective ``seq`` in the calling thread (its turn: nothing earlier is pending)
+        and complete ``work`` with ``value`` (or fail it: ``wait()`` raises the error)."""
+        work._start()
+        try:
+            self._run(op_type, seq, timeout, body, ordered=True)
+        except BaseException as exc:  # the error belongs to the Work, as on a worker thread
+            self._retire(seq)
+            work._fail(exc)
+        else:
+            self._retire(seq)
+            work._complete(value)
 
     # -- broadcast ----------------------------------------------------------------------------
     @staged_on_host
@@ -535,7 +598,7 @@ class ProcessGroup:
     def _prepare_op(self, opts: ReduceOpOptions) -> tuple[RedOpType, Factor]:
         """(our ReduceOp member, the PREMUL_SUM factor or None) of ``opts.reduceOp``."""
         op = reduce_op_of(opts.reduceOp)
-        factor = opts.reduceOp.factor if op == ReduceOp.PREMUL_SUM else None
+        factor = opts.reduceOp.factor if op is ReduceOp.PREMUL_SUM else None
         return op, factor
 
     def _allreduce_dense(
@@ -545,7 +608,7 @@ class ProcessGroup:
         if factor is not None:
             acc.mul_(factor)
         allreduce_algos.allreduce(ctx, acc, op)
-        if op == ReduceOp.AVG:
+        if op is ReduceOp.AVG:
             finish_average(acc, self._size * len(tensors))
         for tensor in tensors:
             if tensor.data_ptr() != acc.data_ptr() or not tensor.is_contiguous():
@@ -586,6 +649,121 @@ class ProcessGroup:
 
         return self._collective("allreduce", opts, [tensors], body)
 
+    def _allreduce_fast(self, tensor: torch.Tensor, op: RedOpType, async_op: bool) -> Work | None:
+        """``allreduce([tensor], op)`` for the module API's common case, or None when it is not
+        one (the caller then takes :meth:`allreduce`): a dense, contiguous, real CPU tensor and
+        an ``op`` member other than ``PREMUL_SUM``, on a connected group. The checks of
+        :meth:`allreduce` that depend only on (dtype, op) run once per pair (same errors)."""
+        if (
+            not tensor.is_cpu
+            or tensor.layout is not torch.strided
+            or not tensor.is_contiguous()
+            or self._engine is None
+        ):
+            return None
+        key = (tensor.dtype, op)
+        if key not in self._allreduce_checked:
+            if tensor.dtype.is_complex or op is ReduceOp.PREMUL_SUM:
+                return None
+            check.check_dtype_supported("allreduce", tensor.dtype, op)
+            self._allreduce_checked.add(key)
+        flat = tensor if tensor.dim() == 1 else tensor.view(-1)
+        size = self._size
+
+        def body(ctx: OpContext) -> None:
+            allreduce_algos.allreduce(ctx, flat, op)
+            if op is ReduceOp.AVG:
+                finish_average(flat, size)
+
+        return self._issue("allreduce", self.options.timeout, async_op, [[tensor]], body)
+
+    def _broadcast_fast(self, tensor: torch.Tensor, root: int, async_op: bool) -> Work | None:
+        """``broadcast([tensor], root)`` for the module API's common case (see
+        :func:`_plain`), or None when it is not one (the caller then takes :meth:`broadcast`)."""
+        if self._engine is None or not _plain(tensor) or not 0 <= root < self._size:
+            return None
+        check.check_dtype_supported("broadcast", tensor.dtype)  # once per dtype (cached)
+        flat = tensor if tensor.dim() == 1 else tensor.view(-1)
+
+        def body(ctx: OpContext) -> None:
+            broadcast_algos.broadcast(ctx, flat, root)
+
+        return self._issue("broadcast", self.options.timeout, async_op, [[tensor]], body)
+
+    def _allgather_fast(
+        self, output: torch.Tensor, input: torch.Tensor, async_op: bool
+    ) -> Work | None:
+        """``_allgather_base(output, input)`` for the module API's common case, or None."""
+        size = self._size
+        if (
+            self._engine is None
+            or not _plain(output, input)
+            or output.dtype != input.dtype
+            or output.numel() != input.numel() * size
+        ):
+            return None
+        check.check_dtype_supported("_allgather_base", input.dtype)
+        send = input if input.dim() == 1 else input.view(-1)
+        chunks = torch.tensor_split(output.view(-1), size)
+
+        def body(ctx: OpContext) -> None:
+            exchange.allgather(ctx, send, chunks)
+
+        timeout = self.options.timeout
+        return self._issue("_allgather_base", timeout, async_op, [[output]], body, input)
+
+    def _reduce_scatter_fast(
+        self, output: torch.Tensor, input: torch.Tensor, op: RedOpType, async_op: bool
+    ) -> Work | None:
+        """``_reduce_scatter_base(output, input, op)`` for the module API's common case (an
+        ``op`` member other than ``PREMUL_SUM``), or None."""
+        size = self._size
+        if (
+            self._engine is None
+            or op is ReduceOp.PREMUL_SUM
+            or not _plain(output, input)
+            or output.dtype != input.dtype
+            or input.numel() != output.numel() * size
+        ):
+            return None
+        check.check_dtype_supported("_reduce_scatter_base", output.dtype, op)
+        sends = torch.tensor_split(input.view(-1), size)
+        out = output if output.dim() == 1 else output.view(-1)
+
+        def body(ctx: OpContext) -> None:
+            exchange.reduce_scatter(ctx, sends, out, op)
+            if op is ReduceOp.AVG:
+                finish_average(out, size)
+
+        timeout = self.options.timeout
+        return self._issue("_reduce_scatter_base", timeout, async_op, [[output]], body, input)
+
+    def _alltoall_fast(
+        self, output: torch.Tensor, input: torch.Tensor, async_op: bool
+    ) -> Work | None:
+        """``alltoall_base(output, input, [], [])`` (even splits) for the module API's common
+        case: same shapes, dim 0 divisible by the group size; or None."""
+        size = self._size
+        if (
+            self._engine is None
+            or not _plain(output, input)
+            or output.dtype != input.dtype
+            or output.shape != input.shape
+            or input.dim() == 0
+            or input.shape[0] % size
+            or input.shape[0] == 0
+        ):
+            return None
+        check.check_dtype_supported("alltoall_base", input.dtype)
+        sends = torch.tensor_split(input.view(-1), size)
+        recvs = torch.tensor_split(output.view(-1), size)
+
+        def body(ctx: OpContext) -> None:
+            exchange.alltoall(ctx, sends, recvs)
+
+        timeout = self.options.timeout
+        return self._issue("alltoall_base", timeout, async_op, [[output]], body, input)
+
     @staged_on_host
     def allreduce_coalesced(
         self, tensors: list[torch.Tensor], opts: AllreduceCoalescedOptions | None = None
@@ -600,7 +778,7 @@ class ProcessGroup:
             if factor is not None:
                 flat.mul_(factor)
             allreduce_algos.allreduce(ctx, flat, op)
-            if op == ReduceOp.AVG:
+            if op is ReduceOp.AVG:
                 finish_average(flat, self._size)
             for tensor, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
                 tensor.copy_(part.view_as(tensor))
@@ -634,7 +812,7 @@ class ProcessGroup:
                 flat.mul_(factor)
             allreduce_algos.reduce(ctx, flat, op_member, root)
             if ctx.rank == root:
-                if op_member == ReduceOp.AVG:
+                if op_member is ReduceOp.AVG:
                     finish_average(flat, self._size)
                 staged.finish()
 
@@ -836,7 +1014,7 @@ class ProcessGroup:
                 sends = [t * factor for t in sends]
             out = staged.buffer.view(-1)
             exchange.reduce_scatter(ctx, sends, out, op)
-            if op == ReduceOp.AVG:
+            if op is ReduceOp.AVG:
                 finish_average(out, self._size)
             staged.finish()
 
@@ -992,7 +1170,8 @@ class ProcessGroup:
             data = flat_contiguous(tensors[0])
             self._transport.send(dstRank, p2p_tag(tag), byte_view(data), self._p2p_deadline())
         except DistBackendError as exc:
-            work._fail(DistBackendError(f"[rank {self._rank}] send to rank {dstRank}: {exc}"))
+            reason = f"[rank {self._rank}] send to rank {dstRank}: {self._why()}{exc}"
+            work._fail(DistBackendError(reason))
         else:
             work._complete(tensors)
         return work
@@ -1027,12 +1206,26 @@ class ProcessGroup:
                         sources, p2p_tag(tag), view, self._p2p_deadline()
                     )
             except DistBackendError as exc:
-                raise DistBackendError(f"[rank {self._rank}] recv: {exc}") from exc
+                raise DistBackendError(f"[rank {self._rank}] recv: {self._why()}{exc}") from exc
             with torch.inference_mode():
                 staged.finish()
             return tensors
 
         return self._p2p_engine(key).submit(work, run)
+
+
+def _plain(*tensors: torch.Tensor) -> bool:
+    """Whether every one of ``tensors`` is a dense, contiguous, real CPU tensor: the common
+    case the module API's fast paths take (anything else goes the general way)."""
+    for tensor in tensors:
+        if (
+            not tensor.is_cpu
+            or tensor.layout is not torch.strided
+            or not tensor.is_contiguous()
+            or tensor.is_complex()
+        ):
+            return False
+    return True
 
 
 def _pick(*values: object) -> Any:
@@ -1067,6 +1260,8 @@ def _options(
     Any other ``opts`` object is used as it is (duck-typed: torch's own option objects pass).
     TypeError for an options object together with a timeout, which no torch overload takes.
     """
+    if timeout is None and type(opts) is cls and slots.count(None) == len(slots):  # usual call
+        return opts
     if timeout is not None and not isinstance(timeout, timedelta):
         raise TypeError(f"timeout must be a datetime.timedelta, got {type(timeout).__name__}")
     given = _timeout_of(cls.__name__, [opts, timeout, *slots])
@@ -1117,6 +1312,6 @@ def _reduce_scatter_flat(
     sends = list(torch.tensor_split(source, size))
     out = staged.buffer.view(-1)
     exchange.reduce_scatter(ctx, sends, out, op)
-    if op == ReduceOp.AVG:
+    if op is ReduceOp.AVG:
         finish_average(out, size)
     staged.finish()

@@ -66,7 +66,9 @@ def _child_options(pg: ProcessGroup, opts: Any, name: str, timeout: Any) -> Opti
     source = pg.options if opts is None else opts
     if not isinstance(source, Options):
         raise TypeError(f"opts must be a pyc10d ProcessGroup.Options, got {type(source).__name__}")
-    options = Options(source.timeout, source.threads, source.bind_host, source.advertise_host)
+    options = Options(
+        source.timeout, source.threads, source.bind_host, source.advertise_host, source.lazy_init
+    )
     options._devices = list(source._devices)
     options.backend = source.backend
     options.group_name = name

@@ -74,7 +74,7 @@ class StagedWork(Work):
                 self._source = inner._source
                 self._complete(_restore(value, originals))
 
-        inner.get_future().add_done_callback(copy_back)
+        inner._future_of().add_done_callback(copy_back)
         self._steal = lambda _work, run_here: inner._run_queued(run_here)
 
 

@@ -25,6 +25,7 @@ from ..core.reduce_op import (
     BITWISE_OPS,
     NOT_FOR_COMPLEX,
     RedOpType,
+    ReduceOp,
     ReduceOpLike,
     reduce_op_of,
     to_reduce_op,
@@ -227,12 +228,31 @@ def check_same_type_and_size(
             )
 
 
+_SUPPORTED_PAIRS: set[tuple[torch.dtype, RedOpType | None]] = set()
+"""(dtype, op member or None) pairs :func:`check_dtype_supported` already accepted."""
+
+
 def check_dtype_supported(name: str, dtype: torch.dtype, op: ReduceOpLike | None = None) -> None:
     """Reject a dtype the collectives cannot move, or reduction ``op`` cannot combine.
 
     Bitwise ops need bool or integer dtypes and AVG/PREMUL_SUM floating or complex ones (torch
     fails these when the work runs); PRODUCT/MIN/MAX/bitwise reject complex, as torch does.
+    A pair that passed once passes at once (a ``PREMUL_SUM`` op is checked each time: its
+    factor matters).
     """
+    member = op.op if type(op) is ReduceOp else op
+    if member is not RedOpType.PREMUL_SUM and (member is None or type(member) is RedOpType):
+        key = (dtype, member)
+        if key in _SUPPORTED_PAIRS:
+            return
+        _check_dtype_op(name, dtype, op)
+        _SUPPORTED_PAIRS.add(key)
+        return
+    _check_dtype_op(name, dtype, op)
+
+
+def _check_dtype_op(name: str, dtype: torch.dtype, op: ReduceOpLike | None) -> None:
+    """:func:`check_dtype_supported`, every time."""
     if dtype not in SUPPORTED_DTYPES:
         supported = ", ".join(sorted(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES))
         fail(name, f"invalid scalar type {dtype} (supported: {supported})")

@@ -108,7 +108,9 @@ class Work:
     # -- torch's Work API ---------------------------------------------------------------------
     def wait(self, timeout: TimeoutLike | None = None) -> bool:
         """Block until the operation finishes; re-raise its error. ``timeout`` bounds the wait."""
-        if timeout is None or to_seconds(timeout) == 0:
+        if self._done:
+            pass
+        elif timeout is None or to_seconds(timeout) == 0:
             self._run_queued()
             self._wait_done(None)
         elif not (self._run_queued(run_here=False) or self._wait_done(to_seconds(timeout))):
@@ -120,20 +122,37 @@ class Work:
             raise self._exception
         return True
 
+    def _rush(self) -> None:
+        """Someone looks at the operation without waiting for it: if it is still queued
+        (deferred by its engine), have a worker start it now."""
+        if self._steal is not None and not self._done:
+            self._run_queued(run_here=False)
+
     def is_completed(self) -> bool:
-        """True once the operation finished, successfully or not."""
+        """True once the operation finished, successfully or not (a still-queued operation is
+        started by a worker, so polling makes progress)."""
+        if not self._done:
+            self._rush()
         return self._done
 
     def is_success(self) -> bool:
         """True if the operation finished without error."""
-        return self._done and self._exception is None
+        return self.is_completed() and self._exception is None
 
     def exception(self) -> BaseException | None:
         """The error the operation failed with, or None."""
+        if not self._done:
+            self._rush()
         return self._exception
 
     def get_future(self) -> torch.futures.Future:
-        """A ``torch.futures.Future`` completed with the operation's output tensors."""
+        """A ``torch.futures.Future`` completed with the operation's output tensors (a
+        still-queued operation is started by a worker, so callbacks run without a wait)."""
+        self._rush()
+        return self._future_of()
+
+    def _future_of(self) -> torch.futures.Future:
+        """:meth:`get_future` without starting the operation early."""
         with self._lock:
             if self._future is not None:
                 return self._future
@@ -168,5 +187,5 @@ class Work:
         """No-op on CPU (there is no device stream to synchronize with)."""
 
     def __repr__(self) -> str:
-        state = "done" if self.is_completed() else "pending"
+        state = "done" if self._done else "pending"
         return f"<pyc10d.Work {self.op_type} #{self.seq} {state}>"

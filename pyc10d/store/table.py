@@ -39,19 +39,34 @@ class KeyValueTable:
 
     def set(self, key: str, value: bytes) -> None:
         """Store ``value`` under ``key``."""
-        if key not in self.data and not is_internal(key):
+        data = self.data
+        if key not in data and not key.startswith(INTERNAL_PREFIX):
             self.num_user_keys += 1
-        self.data[key] = value
+        data[key] = value
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None if unset."""
         return self.data.get(key)
 
-    def add(self, key: str, amount: int) -> int:
-        """Add ``amount`` to the counter at ``key`` (0 if unset); return the new value."""
-        raw = self.data.get(key)
-        total = amount + (0 if raw is None else parse_counter(key, raw))
-        self.set(key, str(total).encode())
+    def add(self, key: str, amount: int, low: int | None = None, high: int | None = None) -> int:
+        """Add ``amount`` to the counter at ``key`` (0 if unset); return the new value.
+
+        With bounds, a total outside ``[low, high]`` raises ValueError and leaves the key as is.
+        """
+        data = self.data
+        raw = data.get(key)
+        if raw is None:
+            total = amount
+        else:
+            try:
+                total = amount + int(raw)
+            except ValueError:
+                total = amount + parse_counter(key, raw)  # raises, naming the key
+        if low is not None and not low <= total <= high:  # type: ignore[operator]
+            raise ValueError(f"add: the value of key {key!r} would overflow to {total}")
+        if raw is None and not key.startswith(INTERNAL_PREFIX):
+            self.num_user_keys += 1
+        data[key] = b"%d" % total
         return total
 
     def compare_set(self, key: str, expected: bytes, desired: bytes) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -28,7 +29,11 @@ from .table import INTERNAL_PREFIX
 from .tcp.connection import ClientConnection
 from .tcp.join import JoinSpec, join, progress_clock, progress_interval
 from .tcp.protocol import (
+    ARG_LEN,
     AUTH_CONTEXT,
+    FRAME_LIMIT,
+    HEADER_1ARG,
+    HEADER_BODY,
     NO_TIMEOUT,
     Op,
     ProtocolError,
@@ -48,6 +53,11 @@ WORKERS_KEY = JOIN_PREFIX + "num_workers"
 WORKERS_READY_KEY = JOIN_PREFIX + "workers_ready"
 REPLY_GRACE_S = 10.0  # extra time a client gives the server to answer a server-timed wait
 REFUSAL_MAX = 1 << 16  # the longest error frame read from a server that refused a handshake
+_OK = int(Status.OK)
+_SET, _GET, _ADD = int(Op.SET), int(Op.GET), int(Op.ADD)
+_pack_head, _pack_len = HEADER_1ARG.pack, ARG_LEN.pack  # a header with one argument length
+_SET_BODY = HEADER_BODY + 8  # payload bytes of a SET besides its key and value
+_MAX_PAYLOAD = FRAME_LIMIT - 64  # key and value bytes a frame can carry
 
 
 class _SharedServers:
@@ -212,9 +222,14 @@ class TCPStore(Store):
         self.world_size = None if world_size == -1 else world_size
         self._lock = threading.Lock()
         self._max_frame = max_frame()
+        self._cache_timeouts()
         key = load_key()
         server = _servers.acquire(port, multi_tenant, master_listen_fd) if is_master else None
         self._resources = _Resources(server)
+        # ``num`` of SET/MULTI_SET: 1 asks the server to acknowledge the write. Clients do not
+        # wait for it (as torch's); the master's own client does: its server thread dies with
+        # the process, so a write still queued when the master exits would be lost.
+        self._acked = int(server is not None)
         self._finalizer = weakref.finalize(self, self._resources.release)
         self.port: int = server.port if server is not None else port
         try:
@@ -235,7 +250,7 @@ class TCPStore(Store):
 
     @property
     def libuvBackend(self) -> bool:
-        """Always False: pyc10d's server is a Python selectors loop, not libuv."""
+        """Always False: pyc10d's server is a Python epoll loop, not libuv."""
         return False
 
     def close(self) -> None:
@@ -266,14 +281,27 @@ class TCPStore(Store):
         join(self, spec)
 
     # -- transport ----------------------------------------------------------------------------
+    def set_timeout(self, timeout: TimeoutLike) -> None:
+        """Change the default timeout; a negative timeout raises ValueError."""
+        super().set_timeout(timeout)
+        self._cache_timeouts()
+
+    def _cache_timeouts(self) -> None:
+        """Precompute what every request needs from the store timeout (not per call)."""
+        seconds = self.timeout.total_seconds()
+        self._io_s = seconds or float("inf")  # how long a send, or a plain reply, may take
+        self._wait_ms = max(1, round(seconds * 1000)) if seconds > 0 else 0  # GET's server wait
+        self._get_reply_s = self._io_timeout(seconds)
+
     def _io_timeout(self, wait_s: float | None) -> float:
         """How long to wait for the server: the store timeout, or a server-timed wait plus grace."""
         if wait_s is None:
-            return self.timeout.total_seconds() or float("inf")
+            return self._io_s
         return wait_s + REPLY_GRACE_S if wait_s > 0 else float("inf")
 
-    def _exchange(self, frame: bytes, reply_wait_s: float | None, want_reply: bool):
-        """Send ``frame`` and, if ``want_reply``, return the reply; errors close the connection."""
+    def _exchange(self, frame: bytes, reply_s: float | None):
+        """Send ``frame`` and, unless ``reply_s`` is None, return the reply received within
+        ``reply_s`` seconds; errors close the connection."""
         if len(frame) - 4 > self._max_frame:
             raise DistStoreError(too_large_message(len(frame) - 4, self._max_frame, "client"))
         with self._lock:
@@ -281,8 +309,8 @@ class TCPStore(Store):
             if conn is None:
                 raise DistStoreError(f"TCPStore to {self.host}:{self.port} is closed")
             try:
-                conn.send(frame, self._io_timeout(None))
-                return conn.receive(self._io_timeout(reply_wait_s)) if want_reply else None
+                conn.send(frame, self._io_s)
+                return None if reply_s is None else conn.receive(reply_s)
             except TimeoutError as exc:
                 self._resources.release()
                 raise DistStoreError(
@@ -300,28 +328,15 @@ class TCPStore(Store):
 
     def _call(self, op: int, num: int = 0, args: Sequence[bytes] = (), wait_s: float | None = None):
         """Send one request and return ``(num, args)`` of its reply, raising on error statuses."""
-        status, rnum, rargs = self._exchange(encode(op, num, args), wait_s, want_reply=True)
-        if status == Status.OK:
-            return rnum, rargs
-        if status == Status.TIMEOUT:
-            raise _ServerTimeout([k.decode(errors="replace") for k in rargs])
-        message = rargs[0].decode(errors="replace") if rargs else ""
-        if status == Status.VALUE_ERROR:
-            raise ValueError(message)
-        if status == Status.QUEUE_EMPTY:
-            raise QueueEmptyError("queue is empty")
-        raise DistStoreError(f"TCPStore server error: {message or Status(status).name}")
+        return _result(*self._exchange(encode(op, num, args), self._io_timeout(wait_s)))
 
-    def _post(self, op: int, args: Sequence[bytes]) -> None:
-        """Send a SET/MULTI_SET without waiting for the server to apply it, as torch's client does.
-
-        The master's own client waits for an acknowledgement instead: its server thread dies
-        with the process, so a write still queued when the master exits would be lost.
-        """
-        if self._resources.server is not None:
-            self._call(op, 1, args)
+    def _post(self, frame: bytes) -> None:
+        """Send a SET/MULTI_SET ``frame`` (its ``num`` is ``self._acked``); wait for the
+        server's answer if it asked for one."""
+        if self._acked:
+            _result(*self._exchange(frame, self._io_s))
         else:
-            self._exchange(encode(op, 0, args), None, want_reply=False)
+            self._exchange(frame, None)
 
     def _blocking(self, op: int, keys: list[str], timeout: TimeoutLike | None):
         """A request the server holds until ``keys`` exist; its timeout becomes a DistStoreError."""
@@ -335,11 +350,35 @@ class TCPStore(Store):
     # -- Store API ----------------------------------------------------------------------------
     def set(self, key: str, value: ValueLike) -> None:
         """Set ``key`` to ``value``."""
-        self._post(Op.SET, (check_key(key).encode(), to_bytes(value)))
+        if type(key) is not str:
+            check_key(key)
+        if type(value) is not bytes:
+            value = to_bytes(value)
+        raw = key.encode()
+        size = len(value)
+        if len(raw) + size > _MAX_PAYLOAD:
+            raise ValueError(f"store value of {size} bytes exceeds the {FRAME_LIMIT}-byte limit")
+        head = _pack_head(_SET_BODY + len(raw) + size, _SET, 2, self._acked, len(raw))
+        frame = b"".join((head, raw, _pack_len(size), value))
+        if self._acked:
+            _result(*self._exchange(frame, self._io_s))
+        else:  # not waiting for the server, as torch's client (see ``_acked``)
+            self._exchange(frame, None)
 
     def get(self, key: str) -> bytes:
         """Return ``key``'s value, waiting up to the store timeout for it."""
-        return self._blocking(Op.GET, [check_key(key)], None)[1][0]
+        if type(key) is not str:
+            check_key(key)
+        raw = key.encode()
+        head = _pack_head(HEADER_BODY + 4 + len(raw), _GET, 1, self._wait_ms, len(raw))
+        status, num, args = self._exchange(head + raw, self._get_reply_s)
+        if status == _OK:
+            return args[0]
+        try:
+            return _result(status, num, args)[1][0]
+        except _ServerTimeout as exc:
+            seconds = self.timeout.total_seconds()
+            raise timeout_error("TCPStore", [key], exc.missing, seconds) from None
 
     def get_nowait(self, key: str) -> bytes | None:
         """Return ``key``'s value, or None if it is not set (pyc10d extension)."""
@@ -350,7 +389,15 @@ class TCPStore(Store):
 
     def add(self, key: str, amount: int) -> int:
         """Atomically add ``amount`` to the counter at ``key`` and return the new value."""
-        return self._call(Op.ADD, int(amount), (check_key(key).encode(),))[0]
+        if type(key) is not str:
+            check_key(key)
+        raw = key.encode()
+        try:
+            head = _pack_head(HEADER_BODY + 4 + len(raw), _ADD, 1, int(amount), len(raw))
+        except struct.error:
+            raise ValueError(f"add: amount {amount} is outside the int64 range") from None
+        status, num, args = self._exchange(head + raw, self._io_s)
+        return num if status == _OK else _result(status, num, args)[0]
 
     def compare_set(self, key: str, expected_value: ValueLike, desired_value: ValueLike) -> bytes:
         """torch's compare-and-set; see :meth:`Store.compare_set`."""
@@ -374,7 +421,7 @@ class TCPStore(Store):
         args: list[bytes] = []
         for key, value in zip(keys, values, strict=True):
             args += (key.encode(), to_bytes(value))
-        self._post(Op.MULTI_SET, args)
+        self._post(encode(Op.MULTI_SET, self._acked, args))
 
     def append(self, key: str, value: ValueLike) -> None:
         """Append ``value`` to ``key`` atomically (sets it if unset)."""
@@ -421,6 +468,20 @@ class TCPStore(Store):
 
     def __repr__(self) -> str:
         return f"TCPStore(host={self.host!r}, port={self.port})"
+
+
+def _result(status: int, num: int, args: list[bytes]) -> tuple[int, list[bytes]]:
+    """``(num, args)`` of an OK reply; the exception an error status stands for otherwise."""
+    if status == _OK:
+        return num, args
+    if status == Status.TIMEOUT:
+        raise _ServerTimeout([k.decode(errors="replace") for k in args])
+    message = args[0].decode(errors="replace") if args else ""
+    if status == Status.VALUE_ERROR:
+        raise ValueError(message)
+    if status == Status.QUEUE_EMPTY:
+        raise QueueEmptyError("queue is empty")
+    raise DistStoreError(f"TCPStore server error: {message or Status(status).name}")
 
 
 class _ServerTimeout(Exception):

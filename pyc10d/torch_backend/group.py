@@ -9,10 +9,19 @@ torch's backend creator may return a ``ProcessGroup`` subclass, and then uses it
 itself (a C++ ``Backend`` cannot be made from Python). So torch does not wrap it in its DETAIL
 debug wrapper: under ``TORCH_DISTRIBUTED_DEBUG=DETAIL`` this class checks, before each
 collective, that every rank runs the same one (pyc10d's DETAIL check, torch's messages).
+
+Single-tensor calls (allreduce, broadcast, all_gather_single, reduce_scatter_single,
+all_to_all_single with even splits, and funcol's one-pair coalesced forms) take the fast paths
+``pyc10d.all_reduce`` & co. take (``ProcessGroup._allreduce_fast`` ...): a synchronous call runs
+in the caller's thread, an async one starts lazily (see ``process_group.engine``). A synchronous
+call from torch's own module function gets None back once done (torch then skips its wait), so
+no torch Work is built for it; every other caller gets a :class:`TorchWork`.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,6 +31,7 @@ import torch.distributed as torch_dist
 
 from ..api.debug import verify_same_collective
 from ..api.monitored import run_monitored_barrier
+from ..core.reduce_op import RedOpType
 from ..process_group import ProcessGroup
 from ..process_group.options import (
     AllgatherOptions,
@@ -36,12 +46,73 @@ from ..process_group.options import (
     ReduceScatterOptions,
     ScatterOptions,
 )
+from ..process_group.work import Work
 from ..store.torch_store import TorchStore
 from .options import from_torch
 from .register import BACKEND_NAME
 from .work import TorchWork
 
 Tensors = Sequence[torch.Tensor]
+
+_NO_TIME = timedelta(0)  # torch's kUnsetTimeout (-1 ms) is below it: the group's timeout applies
+
+_TorchAllreduceOptions = torch_dist.AllreduceOptions
+_TorchBroadcastOptions = torch_dist.BroadcastOptions
+_TorchAllgatherOptions = torch_dist.distributed_c10d.AllgatherOptions
+_TorchReduceScatterOptions = torch_dist.ReduceScatterOptions
+_TorchAllToAllOptions = torch_dist.AllToAllOptions
+
+_FAST_OPS: dict[Any, RedOpType] = {
+    getattr(torch_dist.ReduceOp.RedOpType, member.name): member
+    for member in RedOpType
+    if member not in (RedOpType.PREMUL_SUM, RedOpType.UNUSED)
+}
+"""torch's ``RedOpType`` members as pyc10d's, for the fast paths (``PREMUL_SUM`` carries a
+factor: it takes the general path)."""
+
+
+_SYNC_CALLER_NAMES = (
+    "all_reduce",
+    "broadcast",
+    "all_gather_single",
+    "reduce_scatter_single",
+    "all_to_all_single",
+)
+
+
+def _sync_callers() -> tuple[Any, ...]:
+    """The code of torch's module functions that call a group's single-tensor method and, when
+    not ``async_op``, only wait on what it returns, or skip the wait when it is None (torch's
+    "backends that sync at CPP level"): ``dist.all_reduce``, ``broadcast``,
+    ``all_gather_single``, ``reduce_scatter_single`` and ``all_to_all_single``."""
+    codes = []
+    for name in _SYNC_CALLER_NAMES:
+        function = getattr(torch_dist.distributed_c10d, name, None)
+        code = getattr(inspect.unwrap(function), "__code__", None) if function else None
+        if code is not None:
+            codes.append(code)
+    return tuple(codes)
+
+
+_SYNC_CALLER_CODES = _sync_callers()  # kept alive, so that their ids stay theirs
+_SYNC_CALLERS = frozenset(map(id, _SYNC_CALLER_CODES))
+"""ids of :data:`_SYNC_CALLER_CODES` (hashing a code object hashes its constants, each call)."""
+
+
+def _finished(work: Work, async_op: bool) -> TorchWork | None:
+    """What a fast path returns for pyc10d's ``work``: None once it is waited for, when torch's
+    own synchronous function called (it skips its wait then), saving the torch Work it would
+    only wait on; else the torch Work (C++ callers such as DDP and funcol, async calls, direct
+    ``group.allreduce(...)`` calls). Called by the group's method: frame 2 is its caller."""
+    if not async_op:
+        try:
+            caller = id(sys._getframe(2).f_code)
+        except ValueError:  # called from C++ on a thread with no Python frame above
+            caller = 0
+        if caller in _SYNC_CALLERS:
+            work.wait()
+            return None
+    return TorchWork(work)
 
 
 def _is_detail() -> bool:
@@ -61,6 +132,38 @@ def _first_tensor(values: Any) -> torch.Tensor | None:
 def _no_backend(kind: str, detail: str = "") -> RuntimeError:
     """torch's error for a device the group has no backend for (``detail`` says more)."""
     return RuntimeError(f"No backend type associated with device type {kind}{detail}")
+
+
+def _one_tensor(tensors: Any) -> bool:
+    """Whether ``tensors`` is a list of one tensor (what torch's single-tensor calls pass)."""
+    return type(tensors) is list and len(tensors) == 1 and isinstance(tensors[0], torch.Tensor)
+
+
+def _two_tensors(output: Any, input: Any) -> bool:
+    """Whether ``output`` and ``input`` are both tensors."""
+    return isinstance(output, torch.Tensor) and isinstance(input, torch.Tensor)
+
+
+def _one_pair(outputs: Any, inputs: Any) -> bool:
+    """Whether a coalesced call carries a single (output, input) pair of tensors."""
+    return (
+        type(outputs) is list
+        and type(inputs) is list
+        and len(outputs) == 1
+        and len(inputs) == 1
+        and _two_tensors(outputs[0], inputs[0])
+    )
+
+
+def _even(split_sizes: Any, tensor: torch.Tensor, size: int) -> bool:
+    """Whether ``split_sizes`` splits ``tensor``'s dim 0 evenly among ``size`` ranks (none given:
+    even, as torch reads it); funcol passes the even sizes explicitly."""
+    if not split_sizes:
+        return True
+    if len(split_sizes) != size or tensor.dim() == 0:
+        return False
+    rows = tensor.shape[0]
+    return all(part * size == rows for part in split_sizes)
 
 
 def _require_cpu(op_name: str, tensors: Any) -> None:
@@ -187,6 +290,20 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         self.pg.abort()
 
     # -- helpers ------------------------------------------------------------------------------
+    def _fast(self, opts: Any, torch_options: type) -> bool:
+        """Whether a call with torch's ``opts`` may take pyc10d's fast path (the one
+        ``pyc10d.all_reduce`` & co. take): ``opts`` is torch's ``torch_options`` with no
+        timeout of its own, and DETAIL is off (its cross-rank check runs on the general path).
+        The group's ``_*_fast`` method then declines (None) anything but the common case."""
+        return type(opts) is torch_options and not self._detail and opts.timeout < _NO_TIME
+
+    def _reduce_scatter_fast(self, output: Any, input: Any, opts: Any) -> Work | None:
+        """pyc10d's reduce-scatter fast path for torch's ``opts`` (None: not the common case)."""
+        op = _FAST_OPS.get(opts.reduceOp.op)
+        if op is None:
+            return None
+        return self.pg._reduce_scatter_fast(output, input, op, opts.asyncOp)
+
     def _checked(self, op_name: str, tensors: Sequence[Any]) -> None:
         """Refuse tensors off the CPU; under DETAIL, check every rank runs the same op."""
         _require_cpu(op_name, tensors)
@@ -194,13 +311,26 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
             verify_same_collective(self.pg, op_name, tensors)
 
     # -- collectives --------------------------------------------------------------------------
-    def broadcast(self, tensors: Any, opts: Any = None) -> TorchWork:
+    def broadcast(self, tensors: Any, opts: Any = None) -> TorchWork | None:
         """torch ``ProcessGroup.broadcast``."""
+        fast = self._fast(opts, _TorchBroadcastOptions) and _one_tensor(tensors)
+        if fast and opts.rootTensor == 0:
+            async_op = opts.asyncOp
+            work = self.pg._broadcast_fast(tensors[0], opts.rootRank, async_op)
+            if work is not None:
+                return _finished(work, async_op)
         self._checked("broadcast", [tensors])
         return TorchWork(self.pg.broadcast(tensors, from_torch(BroadcastOptions, opts)))
 
-    def allreduce(self, tensors: Any, opts: Any = None) -> TorchWork:
+    def allreduce(self, tensors: Any, opts: Any = None) -> TorchWork | None:
         """torch ``ProcessGroup.allreduce`` (dense and sparse)."""
+        if self._fast(opts, _TorchAllreduceOptions) and _one_tensor(tensors):
+            op = _FAST_OPS.get(opts.reduceOp.op)
+            if op is not None:
+                async_op = opts.asyncOp
+                work = self.pg._allreduce_fast(tensors[0], op, async_op)
+                if work is not None:
+                    return _finished(work, async_op)
         self._checked("all_reduce", [tensors])
         return TorchWork(self.pg.allreduce(tensors, from_torch(AllreduceOptions, opts)))
 
@@ -223,8 +353,13 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
 
     def _allgather_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
-    ) -> TorchWork:
+    ) -> TorchWork | None:
         """torch ``ProcessGroup._allgather_base`` (``all_gather_into_tensor``)."""
+        if self._fast(opts, _TorchAllgatherOptions) and _two_tensors(output, input):
+            async_op = opts.asyncOp
+            work = self.pg._allgather_fast(output, input, async_op)
+            if work is not None:
+                return _finished(work, async_op)
         self._checked("_allgather_base", [input])
         options = from_torch(AllgatherOptions, opts)
         return TorchWork(self.pg._allgather_base(output, input, options))
@@ -242,7 +377,13 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
     def allgather_into_tensor_coalesced(
         self, outputs: Tensors, inputs: Tensors, opts: Any = None
     ) -> TorchWork:
-        """torch ``ProcessGroup.allgather_into_tensor_coalesced``."""
+        """torch ``ProcessGroup.allgather_into_tensor_coalesced`` (funcol's
+        ``all_gather_tensor`` sends one pair: that takes the single op's fast path, which moves
+        the same messages)."""
+        if _one_pair(outputs, inputs) and self._fast(opts, _TorchAllgatherOptions):
+            work = self.pg._allgather_fast(outputs[0], inputs[0], opts.asyncOp)
+            if work is not None:
+                return TorchWork(work)
         self._checked("all_gather_into_tensor_coalesced", inputs)
         options = from_torch(AllgatherOptions, opts)
         return TorchWork(self.pg.allgather_into_tensor_coalesced(outputs, inputs, options))
@@ -271,8 +412,12 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
 
     def _reduce_scatter_base(
         self, output: torch.Tensor, input: torch.Tensor, opts: Any = None
-    ) -> TorchWork:
+    ) -> TorchWork | None:
         """torch ``ProcessGroup._reduce_scatter_base`` (``reduce_scatter_tensor``)."""
+        if self._fast(opts, _TorchReduceScatterOptions) and _two_tensors(output, input):
+            work = self._reduce_scatter_fast(output, input, opts)
+            if work is not None:
+                return _finished(work, opts.asyncOp)
         self._checked("_reduce_scatter_base", [input])
         options = from_torch(ReduceScatterOptions, opts)
         return TorchWork(self.pg._reduce_scatter_base(output, input, options))
@@ -282,7 +427,12 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
     def reduce_scatter_tensor_coalesced(
         self, outputs: Tensors, inputs: Tensors, opts: Any = None
     ) -> TorchWork:
-        """torch ``ProcessGroup.reduce_scatter_tensor_coalesced``."""
+        """torch ``ProcessGroup.reduce_scatter_tensor_coalesced`` (funcol's
+        ``reduce_scatter_tensor`` sends one pair: that takes the single op's fast path)."""
+        if _one_pair(outputs, inputs) and self._fast(opts, _TorchReduceScatterOptions):
+            work = self._reduce_scatter_fast(outputs[0], inputs[0], opts)
+            if work is not None:
+                return TorchWork(work)
         self._checked("reduce_scatter_tensor_coalesced", inputs)
         options = from_torch(ReduceScatterOptions, opts)
         return TorchWork(self.pg.reduce_scatter_tensor_coalesced(outputs, inputs, options))
@@ -296,8 +446,18 @@ class ProcessGroupPyc10d(torch_dist.ProcessGroup):
         output_split_sizes: Sequence[int],
         input_split_sizes: Sequence[int],
         opts: Any = None,
-    ) -> TorchWork:
+    ) -> TorchWork | None:
         """torch ``ProcessGroup.alltoall_base`` (``all_to_all_single``)."""
+        if (
+            self._fast(opts, _TorchAllToAllOptions)
+            and _two_tensors(output, input)
+            and _even(output_split_sizes, output, self.size())
+            and _even(input_split_sizes, input, self.size())
+        ):
+            async_op = opts.asyncOp
+            work = self.pg._alltoall_fast(output, input, async_op)
+            if work is not None:
+                return _finished(work, async_op)
         self._checked("all_to_all_single", [input])
         options = from_torch(AllToAllOptions, opts)
         return TorchWork(

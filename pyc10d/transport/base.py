@@ -3,9 +3,10 @@
 Algorithms and the process group talk only to this interface, so TCP (any host) and shared
 memory (same host) can serve the same collectives. Messages are matched by ``(source, tag)`` in
 FIFO order; a message that arrives before its receive is posted is buffered. Every blocking call
-takes a :class:`~pyc10d.core.timeouts.Deadline`. When a peer's connection is lost, the transport is
-failed: every pending and later call raises :class:`~pyc10d.core.errors.PeerFailedError` naming
-that peer. Tags are built as :mod:`pyc10d.core.tags` says.
+takes a :class:`~pyc10d.core.timeouts.Deadline`. When a peer's connection is lost, every pending
+and later call that needs that peer raises :class:`~pyc10d.core.errors.PeerFailedError` naming
+it (messages it sent before are still delivered, and the other peers' too). Tags are built as
+:mod:`pyc10d.core.tags` says.
 
 A rank that gives up on a collective (it timed out or failed there) tells its peers with
 :meth:`Transport.abandon`; their receives of that collective then fail, and

@@ -1,9 +1,12 @@
 """``HybridTransport``: shared-memory rings to same-host peers, TCP to the others.
 
 The TCP full mesh is always built: it carries messages to peers on other hosts and detects the
-loss of any peer (EOF fails the transport, same-host peers included). Messages to a same-host peer
-all go through its ring, so the order of each ``(src, tag)`` stream is kept. Both paths feed one
-mailbox (the TCP transport's), so receives match messages from either.
+loss of any peer (its EOF fails the calls that need that peer, same-host peers included).
+Messages to a same-host peer all go through its ring, so the order of each ``(src, tag)`` stream
+is kept. Both paths feed one mailbox (the TCP transport's), so receives match messages from
+either. The ring is read by another thread than the TCP socket, so the loss of a same-host peer
+takes effect only once its ring has been read to the end (at most ``DRAIN_S`` later): a message
+it sent right before exiting still reaches its receive.
 
 ``close`` first waits (briefly) for peers to read what was written to them, so that a message
 sent just before closing is not overtaken by the TCP goodbye.
@@ -22,11 +25,14 @@ from .base import Buffer
 from .mailbox import Mailbox, as_byte_view
 from .mailbox_transport import MailboxTransport
 from .shm.receiver import InRing, ShmReceiver
+from .shm.ring import HEAD
 from .shm.send import RingWriter
 from .shm.setup import ShmSetup, same_host_peers
 from .tcp import TCPTransport
 
-DRAIN_S = 1.0  # how long close() waits for peers to read what was sent to them
+DRAIN_S = 1.0  # how long close() waits for peers to read what was sent to them, and a lost
+# same-host peer's loss waits for its ring to be read
+DRAIN_POLL_S = 0.0005  # how often those waits look again
 
 
 class _Resources:
@@ -38,8 +44,47 @@ class _Resources:
         self.setup = ShmSetup()
         self.writers: dict[int, RingWriter] = {}
         self.receiver: ShmReceiver | None = None
+        self.in_rings: dict[int, InRing] = {}
+        self._draining: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+
+    def defer_close(self, peer: int, err: DistBackendError, lost: bool) -> bool:
+        """The mailbox's ``defer_close`` (called with its lock held): a same-host peer that
+        closed or was lost while its ring still holds unread bytes is closed only once the ring
+        thread has read them (by a short-lived thread that waits for that); True then."""
+        c = self.in_rings.get(peer)
+        try:
+            if c is None or c.tail == c.ring.hv[HEAD]:
+                return False
+        except ValueError:  # the ring is unmapped: the transport is closing
+            return False
+        drain = threading.Thread(
+            target=self._drain,
+            args=(c, err, lost),
+            name=f"pyc10d-shm-drain-r{peer}",
+            daemon=True,
+        )
+        with self._lock:
+            if self._closed:
+                return False
+            self._draining.append(drain)
+        drain.start()
+        return True
+
+    def _drain(self, c: InRing, err: DistBackendError, lost: bool) -> None:
+        """Wait (up to DRAIN_S) until ``c`` is read to its end, then close its peer."""
+        mb = self.mb
+        if self.receiver is not None:
+            self.receiver.wake()
+        deadline = Deadline(DRAIN_S)
+        try:
+            while mb.error is None and c.tail != c.ring.hv[HEAD] and not deadline.expired():
+                time.sleep(DRAIN_POLL_S)
+        except ValueError:  # the ring was unmapped: the transport closed meanwhile
+            pass
+        with mb.lock:
+            mb.peer_closed(c.src, err, lost, drained=True)
 
     def close(self) -> None:
         """Drain outgoing rings, close TCP, stop the ring thread, unmap everything; idempotent."""
@@ -49,10 +94,15 @@ class _Resources:
             self._closed = True
         drain = Deadline(DRAIN_S)
         while self.mb.error is None and not drain.expired():
-            if all(w.drained() for w in self.writers.values()):
+            if all(w.drained() for d, w in self.writers.items() if d not in self.mb.closed):
                 break
             time.sleep(0.0005)
         self.tcp.close()
+        with self._lock:
+            draining, self._draining = self._draining, []
+        for thread in draining:  # they end at once now that the mailbox has failed
+            if thread is not threading.current_thread():
+                thread.join(DRAIN_S)
         if self.receiver is not None:
             self.receiver.stop(self._release)
         else:
@@ -110,6 +160,8 @@ class HybridTransport(MailboxTransport):
                     self._writers[dst] = w
                     res.writers[dst] = w
                 rings = [InRing(src, ring) for src, ring in sorted(res.setup.incoming.items())]
+                res.in_rings = {c.src: c for c in rings}
+                self._mb.defer_close = res.defer_close
                 assert res.setup.doorbell is not None
                 res.receiver = ShmReceiver(
                     f"pyc10d-shm-recv-r{rank}", rings, self._mb, res.setup.doorbell

@@ -71,7 +71,8 @@ def abandon_error(src: int, seq: int, payload: Payload) -> CollectiveAbandonedEr
     """The error that the ``abandon_tag(seq)`` message ``payload`` from ``src`` stands for.
 
     Besides ``peer`` and ``seq`` it carries ``blame`` (the ranks ``src`` found missing),
-    ``seconds`` (its timeout, None if it failed otherwise) and ``arrived`` (monotonic time).
+    ``seconds`` (its timeout, None if it failed otherwise), ``reason`` (what ``src`` said) and
+    ``arrived`` (monotonic time).
     """
     try:
         body = json.loads(bytes(payload))
@@ -83,6 +84,7 @@ def abandon_error(src: int, seq: int, payload: Payload) -> CollectiveAbandonedEr
     )
     err.blame = tuple(int(r) for r in blame)
     err.seconds = seconds
+    err.reason = message
     err.arrived = time.monotonic()
     return err
 
@@ -123,6 +125,10 @@ class PendingRecv:
         self.done.release()
 
 
+Posted = tuple[tuple[int, Payload] | None, PendingRecv | None, DistBackendError | None]
+"""What :meth:`Mailbox.post` found: a buffered ``(src, payload)``, the receive it posted, or
+why nothing can come."""
+
 GRACE_MIN_BYTES = 1 << 20  # unexpected payloads from this size wait briefly for their receive
 
 
@@ -134,7 +140,8 @@ class Mailbox:
         self._receive_posted = threading.Condition(self.lock)  # for accept()'s grace wait
         self._accept_waiting = 0
         self.error: DistBackendError | None = None
-        self.closed: dict[int, DistBackendError] = {}  # peers that said goodbye
+        self.closed: dict[int, DistBackendError] = {}  # peers that said goodbye or were lost
+        self.lost: DistBackendError | None = None  # the first peer lost without a goodbye
         self._posted: dict[int, list[PendingRecv]] = {}
         self._unexpected: dict[tuple[int, int], deque[tuple[int, Payload]]] = {}
         self._arrivals = 0
@@ -144,6 +151,10 @@ class Mailbox:
         self.abandoned: dict[int, dict[int, CollectiveAbandonedError]] = {}
         self._abandon_order: deque[int] = deque()
         self._abandon_seen = threading.Condition(self.lock)
+        # set by a transport that also gets messages from some peers another way (a
+        # HybridTransport's rings): called (lock held) when one of them closed or was lost;
+        # True if it will call ``peer_closed(..., drained=True)`` itself once that way is read
+        self.defer_close: Callable[[int, DistBackendError, bool], bool] | None = None
 
     # -- feeding (the caller holds ``lock``) ------------------------------------------------
     def match(self, src: int, tag: int) -> PendingRecv | None:
@@ -299,6 +310,25 @@ class Mailbox:
         errors = self.abandoned.get(seq) if self.abandoned else None
         return next(iter(errors.values())) if errors else None
 
+    def wait_first_abandon(
+        self, seq: int, peers: Sequence[int], seconds: float
+    ) -> CollectiveAbandonedError | None:
+        """Wait up to ``seconds`` until a peer gives up on collective ``seq``; return its error,
+        or None once ``seconds`` passed, every one of ``peers`` left (nothing more comes from
+        them) or the transport failed."""
+        until = time.monotonic() + seconds
+        with self.lock:
+            while True:
+                err = self.first_abandon(seq)
+                if err is not None:
+                    return err
+                remaining = until - time.monotonic()
+                if remaining <= 0 or self.error is not None:
+                    return None
+                if self.closed and all(p in self.closed for p in peers):
+                    return None
+                self._abandon_seen.wait(remaining)
+
     def wait_abandoned(
         self, seq: int, peers: Sequence[int], seconds: float
     ) -> dict[int, DistBackendError]:
@@ -317,6 +347,20 @@ class Mailbox:
                     return done
                 self._abandon_seen.wait(remaining)
 
+    def wait_lost(self, peers: Sequence[int], seconds: float) -> DistBackendError | None:
+        """Wait up to ``seconds`` until one of ``peers`` closed or was lost; return why (None
+        if none did, or the transport failed)."""
+        until = time.monotonic() + seconds
+        with self.lock:
+            while True:
+                gone = next((p for p in peers if p in self.closed), None)
+                if gone is not None:
+                    return self.closed[gone]
+                remaining = until - time.monotonic()
+                if remaining <= 0 or self.error is not None:
+                    return None
+                self._abandon_seen.wait(remaining)
+
     def fail(self, err: DistBackendError) -> None:
         """Record ``err`` (the first one sticks) and fail every posted receive with it."""
         if self.error is None:
@@ -329,9 +373,25 @@ class Mailbox:
         self._posted.clear()
         self._abandon_seen.notify_all()
 
-    def peer_closed(self, peer: int, err: DistBackendError) -> None:
-        """Note that ``peer`` closed cleanly; fail receives that can only be served by it."""
-        self.closed[peer] = err
+    def peer_closed(
+        self, peer: int, err: DistBackendError, lost: bool = False, drained: bool = False
+    ) -> None:
+        """Note that ``peer`` closed (or, ``lost``, went away without closing); fail receives
+        that can only be served by it. Unless ``drained``, :attr:`defer_close` may postpone
+        this until what the peer sent another way has been read.
+
+        Its messages already buffered are still handed out first; so are other peers'. Once a
+        peer was lost, every peer gone is reported with that loss: the group is broken, the
+        others most likely left because of it (or their goodbye was read in the same batch),
+        and every later call names the rank lost.
+        """
+        if not drained and self.defer_close is not None and self.defer_close(peer, err, lost):
+            return
+        if lost and self.lost is None:
+            self.lost = err
+            for gone in self.closed:
+                self.closed[gone] = err
+        self.closed[peer] = self.lost or err
         self._abandon_seen.notify_all()
         for tag in list(self._posted):
             keep = []
@@ -382,8 +442,26 @@ class Mailbox:
         Waits until ``deadline``; ``on_cancel`` is called when a receive that is being filled
         times out (the filler must then drop the rest and finish it as CANCELLED).
         """
+        return self.collect(self.post(srcs, tag, out), srcs, tag, out, deadline, on_cancel)
+
+    def post(self, srcs: tuple[int, ...], tag: int, out: memoryview | None) -> Posted:
+        """The first half of :meth:`receive`: take a buffered message or post a receive, without
+        waiting (a caller that sends next has the reply land straight in ``out``); pass the
+        result to :meth:`collect`. Raises if a peer gave up on the collective."""
         with self.lock:
-            hit, r, failure = self._take_or_post(srcs, tag, out)
+            return self._take_or_post(srcs, tag, out)
+
+    def collect(
+        self,
+        posted: Posted,
+        srcs: tuple[int, ...],
+        tag: int,
+        out: memoryview | None,
+        deadline: Deadline,
+        on_cancel: Callable[[], None],
+    ) -> tuple[int, Payload | None]:
+        """The second half of :meth:`receive`: wait for what :meth:`post` returned."""
+        hit, r, failure = posted
         if failure is not None:
             raise _failure(failure, srcs, tag, deadline)
         if hit is not None:
@@ -398,9 +476,7 @@ class Mailbox:
         self._wait(r, tag, deadline, on_cancel)
         return r.src, r.data
 
-    def _take_or_post(
-        self, srcs: tuple[int, ...], tag: int, out: memoryview | None
-    ) -> tuple[tuple[int, Payload] | None, PendingRecv | None, DistBackendError | None]:
+    def _take_or_post(self, srcs: tuple[int, ...], tag: int, out: memoryview | None) -> Posted:
         """``(message, None, None)`` if one is buffered, else ``(None, receive, None)`` with a
         receive posted, or ``(None, None, error)`` if none can come (lock held). Raises if a
         peer gave up on the collective."""
@@ -445,7 +521,7 @@ class Mailbox:
         return src, payload
 
     def _closed_error(self, srcs: tuple[int, ...]) -> DistBackendError | None:
-        """The goodbye of ``srcs`` if every one of them closed its transport (lock held)."""
+        """Why ``srcs`` are gone, if every one of them closed or was lost (lock held)."""
         if self.closed and all(s in self.closed for s in srcs):
             return self.closed[srcs[0]]
         return None

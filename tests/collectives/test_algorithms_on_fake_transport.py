@@ -29,11 +29,11 @@ from pyc10d.collectives import allreduce as allreduce_algos
 from pyc10d.collectives import broadcast as broadcast_algos
 from pyc10d.collectives import context as context_module
 from pyc10d.collectives import exchange
-from pyc10d.collectives.context import PREPOST_MIN_BYTES, OpContext
+from pyc10d.collectives.context import PREPOST_MIN_BYTES, SIGNATURE_FORMAT, OpContext
 from pyc10d.collectives.sparse import sparse_allreduce
 from pyc10d.core.errors import DistBackendError, PeerFailedError, TransportTimeout
 from pyc10d.core.reduce_op import ReduceOp
-from pyc10d.core.tags import KINDS, SIGNATURE_STEP, op_tag, tag_seq
+from pyc10d.core.tags import KINDS, PARTS, SIGNATURE_STEP, op_tag, tag_seq
 from pyc10d.core.timeouts import Deadline
 from pyc10d.transport.base import Buffer, Transport
 
@@ -99,7 +99,7 @@ def _fresh(err: DistBackendError) -> DistBackendError:
     return new
 
 
-SIGNATURE_BYTES = 16
+SIGNATURE_BYTES = SIGNATURE_FORMAT.size  # the signature and its sender's deadline
 
 
 def data_bytes(tag: int, payload: bytes) -> int | None:
@@ -602,20 +602,10 @@ def test_allreduce_sub_operations_use_their_own_tags(size: int) -> None:
     assert [len(tags) for tags in out.results[0][1]] == [1, 2 * (size - 1), 0, 1]
 
 
-SUB_OPERATION_BUG = (
-    "OpContext.sub_operation(index) adds index << 16 to a step field of only STEP_BITS=24 bits: "
-    "part 256 of a coalesced collective (allgather_into_tensor_coalesced / "
-    "reduce_scatter_tensor_coalesced with more than 256 pairs) gets tag "
-    "(seq << 24) | (1 << 24), which is op_tag(seq + 1, 0) for an even seq (the next "
-    "collective's first tag, not dropped by discard(seq)) and op_tag(seq, 0), part 0's tag, "
-    "for an odd seq"
-)
-
-
 @pytest.mark.parametrize("seq", [6, 7], ids=["even_seq", "odd_seq"])
 @pytest.mark.parametrize(
     "parts",
-    [256, pytest.param(257, marks=pytest.mark.xfail(strict=True, reason=SUB_OPERATION_BUG))],
+    [256, 257, PARTS],
 )
 def test_many_coalesced_parts_keep_distinct_tags_of_their_collective(parts: int, seq: int) -> None:
     """However many parts a coalesced collective has, their tags stay distinct and inside the
@@ -626,7 +616,6 @@ def test_many_coalesced_parts_keep_distinct_tags_of_their_collective(parts: int,
     check_parts(out, inputs, seq)
 
 
-@pytest.mark.xfail(strict=True, reason=SUB_OPERATION_BUG)
 @pytest.mark.parametrize("seq", [6, 7], ids=["even_seq", "odd_seq"])
 def test_signature_tag_of_coalesced_part_256_stays_in_its_collective(seq: int) -> None:
     """Every tag of part 256 of collective ``seq`` (its signature's first) must belong to
@@ -637,6 +626,21 @@ def test_signature_tag_of_coalesced_part_256_stays_in_its_collective(seq: int) -
     tag = op_tag(seq, part.step_base + SIGNATURE_STEP)
     assert tag_seq(tag) == seq
     assert tag != op_tag(seq, SIGNATURE_STEP)
+
+
+def test_parts_past_the_distinct_ones_reuse_tags_in_order_and_stay_exact() -> None:
+    """Parts beyond PARTS reuse the first parts' tags (in order: each (source, tag) stream is
+    FIFO and parts run one after another), never the next collective's; results stay exact."""
+    seq, parts = 7, PARTS + 3
+    inputs = [[make_data((rank, i), 1, torch.int64) for i in range(parts)] for rank in range(2)]
+    out = run_ranks(2, lambda ctx: allreduce_parts(ctx, inputs[ctx.rank]), seq=seq)
+    assert out.errors == [None, None]
+    for rank, (flats, tags) in enumerate(out.results):
+        for index, flat in enumerate(flats):
+            assert_same_bits(flat, reference(ReduceOp.SUM, [inputs[r][index] for r in range(2)]))
+        assert {tag_seq(t) for part in tags for t in part} == {seq}, rank
+        assert tags[PARTS] == tags[0] and tags[PARTS + 2] == tags[2], rank
+        assert len(set().union(*tags[:PARTS])) == PARTS * len(tags[0]), rank
 
 
 # -- reduce ----------------------------------------------------------------------------------------

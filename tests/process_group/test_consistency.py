@@ -3,7 +3,8 @@ collective either gets its result or raises, in that same collective, naming the
 
 - a rank that joins a collective its peers already gave up on (timeout) raises, not a result;
 - a gather/scatter whose list only one rank can see is wrong is refused on every rank;
-- ranks running different collectives (op, reduce op, root, dtype) all raise, naming both sides;
+- ranks running different collectives (op, reduce op, root, dtype) all raise, naming both sides,
+  also when their arguments send their data different ways (the arena or the transport);
 - all-to-all block sizes are checked on every rank before any data moves;
 - a frozen rank is the one named by every other rank's timeout (TCP);
 - a Work issued just before ``destroy_process_group`` completes; ``async_op`` must be a bool.
@@ -26,6 +27,7 @@ from pyc10d.core.errors import CollectiveAbandonedError, DistBackendError, Trans
 from pyc10d.process_group import options as o
 from pyc10d.process_group.validation import RankArgumentError
 from pyc10d.testing import spawn, world_sizes
+from pyc10d.transport.mailbox_transport import late_window
 
 from tests.helpers.pg import make_pg
 
@@ -84,6 +86,59 @@ def late_rank(ctx, numel: int) -> str:
 @pytest.mark.parametrize("numel", [4, 300_000], ids=["small", "large"])
 def test_late_rank_raises_instead_of_completing(world_size, numel):
     assert spawn(late_rank, world_size, args=(numel,), timeout=TIMEOUT) == ["ok"] * world_size
+
+
+RACE_TIMEOUT_S = 4.0  # collective #1's timeout in the deadline race: its late window is 1 s
+
+
+def _hold_word_back(ctx, pg, deadline: float) -> None:
+    """Make this rank, once it gives up on its next collective, tell its peers only when rank 1
+    finished that collective (or a quarter of the late window after ``deadline``, wall clock,
+    whichever comes first): the instant between a timeout and its control message, widened."""
+    transport = pg._transport
+    tell = transport.abandon
+
+    def abandon(seq: int, payload: bytes) -> None:
+        transport.abandon = tell  # once
+        ctx.store.set(f"timed-out/{ctx.rank}", "1")
+        hold = deadline + late_window(RACE_TIMEOUT_S) / 4 - time.time()
+        try:
+            ctx.store.wait(["finished"], timedelta(seconds=max(hold, 0.001)))
+        except Exception:  # rank 1 is waiting for this word (the fix): give it
+            pass
+        tell(seq, payload)
+
+    transport.abandon = abandon
+
+
+def deadline_race(ctx) -> str:
+    """Every rank but 1 times out on collective #1 (a small allreduce: rank 1 needs nothing more
+    once its peers' data is here); rank 1 finishes it right after their deadline, before their
+    "abandoned" messages arrive (held back until then). Rank 1 must raise too."""
+    pg, rank, size = make_pg(ctx), ctx.rank, ctx.world_size
+    opts = _opts(o.AllreduceOptions, timeout=timedelta(seconds=RACE_TIMEOUT_S))
+    t = torch.full((4,), float(rank + 1))
+    if rank != 1:
+        _hold_word_back(ctx, pg, time.time() + RACE_TIMEOUT_S)
+        err = _error(lambda: pg.allreduce([t], opts).wait())
+        assert isinstance(err, TransportTimeout) and 1 in err.ranks, repr(err)
+    else:
+        ctx.store.wait([f"timed-out/{r}" for r in range(size) if r != 1], STORE_WAIT)
+        err = _error(lambda: pg.allreduce([t], opts).wait())
+        ctx.store.set("finished", "1")
+        assert isinstance(err, CollectiveAbandonedError), f"rank 1 got {err!r}: {t}"
+        assert err.peer != 1 and "gave up on collective #1" in str(err), err
+    _sum_works(pg, rank, size)
+    pg.shutdown()
+    return "ok"
+
+
+@world_sizes(2, 3)
+def test_rank_finishing_at_its_peers_deadline_raises_over_tcp(world_size):
+    """Issue 15 item 1, the race: over TCP a rank that completes a collective in the instant
+    between its peer's timeout and the peer's "abandoned" message must not keep its result."""
+    env = {"PYC10D_TRANSPORT": "tcp"}
+    assert spawn(deadline_race, world_size, timeout=TIMEOUT, env=env) == ["ok"] * world_size
 
 
 # -- item 2: a rooted collective one rank refuses fails on every rank ----------------------------
@@ -210,6 +265,59 @@ def mismatched(ctx) -> list[str]:
 def test_mismatched_collectives_fail_every_rank_naming_both_sides(world_size):
     names = ["reduce op", "root", "dtype", "operation", "reduce root", "count"]
     assert spawn(mismatched, world_size, timeout=TIMEOUT) == [names] * world_size
+
+
+def _path_mismatches(pg, rank: int, size: int) -> list:
+    """(name, call) pairs where rank 0's collective moves its data another way than its peers'
+    (with an arena: over the transport while they use the arena, or the other way round)."""
+    first = rank == 0
+    gather = _opts(o.GatherOptions, rootRank=0)
+    # rank 0's blocks all have its output's size (the arena's even case), its peers' do not
+    blocks = [torch.ones(2) for _ in range(size)]
+    if not first:
+        blocks[0] = torch.ones(3)
+    return [
+        (
+            "sparse vs dense",
+            lambda: pg.allreduce([torch.ones(4).to_sparse() if first else torch.ones(4)]),
+        ),
+        (
+            "gather vs allreduce",
+            lambda: (
+                pg.gather([[torch.empty(4) for _ in range(size)]], [torch.ones(4)], gather)
+                if first
+                else pg.allreduce([torch.ones(4)])
+            ),
+        ),
+        ("even vs uneven reduce_scatter", lambda: pg.reduce_scatter([torch.empty(2)], [blocks])),
+    ]
+
+
+def path_mismatched(ctx) -> list[str]:
+    pg, rank, size = make_pg(ctx, timeout=30), ctx.rank, ctx.world_size
+    seen = []
+    for index, (name, call) in enumerate(_path_mismatches(pg, rank, size)):
+        start = time.monotonic()
+        err = _error(lambda call=call: call().wait())
+        assert isinstance(err, DistBackendError), (name, err)
+        message = str(err)
+        assert f"(#{2 * index + 1}) failed: " in message, (name, message)
+        assert " ran " in message and " but rank " in message, (name, message)  # both sides
+        assert time.monotonic() - start < 15, (name, "not detected before the timeout")
+        seen.append(name)
+        _sum_works(pg, rank, size)
+    pg.shutdown()
+    return seen
+
+
+@pytest.mark.both_transports
+@world_sizes(2, 3)
+def test_ranks_taking_different_paths_get_the_mismatch_error(world_size):
+    """Which way a collective's data goes (the arena or the transport) may depend on a rank's
+    own arguments (a sparse tensor, uneven blocks): ranks that differ there must still meet and
+    raise the mismatch, naming both sides, instead of each waiting for the other."""
+    names = ["sparse vs dense", "gather vs allreduce", "even vs uneven reduce_scatter"]
+    assert spawn(path_mismatched, world_size, timeout=TIMEOUT) == [names] * world_size
 
 
 def detail_mismatch(ctx) -> str:

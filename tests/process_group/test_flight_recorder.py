@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import weakref
 from datetime import timedelta
 
 import pytest
@@ -156,7 +157,9 @@ def test_dtype_names():
     assert recorder_mod.dtype_name(torch.float8_e4m3fn) == "Float8_e4m3fn"
 
 
-def test_threads_record_distinct_ids(recorder):
+def test_threads_record_distinct_ids():
+    """Recording takes no lock: concurrent threads still get distinct, gap-free ids."""
+    recorder = recorder_mod.FlightRecorder(256)
     pg = ProcessGroup(0, 1)
 
     def issue():
@@ -169,8 +172,98 @@ def test_threads_record_distinct_ids(recorder):
     for thread in threads:
         thread.join()
     kept = recorder.entries()
-    assert [e.record_id for e in kept] == list(range(192, 200))
-    assert sorted(e.p2p_seq_id for e in kept) == list(range(193, 201))
+    assert [e.record_id for e in kept] == list(range(200))
+    assert sorted(e.p2p_seq_id for e in kept) == list(range(1, 201))
+    assert sorted(e.op_id for e in kept) == list(range(1, 201))
+
+
+def test_sizes_are_shared_and_tensors_not_kept(recorder):
+    """Entries with the same sizes and dtypes share one description; no tensor is kept."""
+    pg = ProcessGroup(0, 1)
+    first = torch.ones(2, 3)
+    alive = weakref.ref(first)
+    one = recorder.record(pg, "allreduce", 1, None, [[first]])
+    two = recorder.record(pg, "allreduce", 2, None, [[torch.zeros(2, 3)]])
+    other = recorder.record(pg, "allreduce", 3, None, [[torch.zeros(2, 3, dtype=torch.int32)]])
+    pair = recorder.record(pg, "allreduce_coalesced", 4, None, [[torch.ones(1), torch.ones(4)]])
+    again = recorder.record(pg, "allreduce_coalesced", 5, None, [[torch.ones(1), torch.ones(4)]])
+    assert one.outputs is two.outputs and one.outputs is not other.outputs
+    assert pair.outputs is again.outputs
+    del first
+    assert alive() is None
+    entries = pickle.loads(fr.dump())["entries"]
+    assert [e["output_sizes"] for e in entries] == [[[2, 3]]] * 3 + [[[1], [4]]] * 2
+    assert [e["input_dtypes"] for e in entries] == [["Float"], ["Float"], ["Int"]] + [
+        ["Float", "Float"]
+    ] * 2
+
+
+def test_shared_sizes_are_bounded(recorder, monkeypatch):
+    """A job whose shapes never repeat does not grow the shared table without bound."""
+    monkeypatch.setattr(recorder_mod, "SHARED_LIMIT", 3)
+    pg = ProcessGroup(0, 1)
+    for n in range(1, 11):
+        recorder.record(pg, "allreduce", n, None, [[torch.ones(n)]])
+    assert len(recorder._one) <= 3
+    sizes = [e["output_sizes"] for e in pickle.loads(fr.dump())["entries"]]
+    assert sizes == [[[n]] for n in range(3, 11)]
+
+
+class _SymbolicSize(list):
+    """A size that cannot be hashed, as symbolic (SymInt) sizes cannot."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _SymbolicTensor:
+    """Just what the recorder reads of a tensor: its size and dtype."""
+
+    shape = _SymbolicSize([3])
+    dtype = torch.float16
+
+
+def test_unhashable_sizes_recorded_unshared(recorder):
+    entry = recorder.record(ProcessGroup(0, 1), "allreduce", 1, None, [[_SymbolicTensor()]])
+    assert entry.outputs[0][0] is _SymbolicTensor.shape
+    dumped = pickle.loads(fr.dump())["entries"][0]
+    assert dumped["output_sizes"] == [[3]] and dumped["output_dtypes"] == ["Half"]
+
+
+def test_p2p_leaves_collective_status(recorder):
+    """Sends and receives move their own counters, not the group's collective status."""
+    pg = ProcessGroup(0, 1)
+    coll = recorder.record(pg, "allreduce", 1, None, [[torch.ones(1)]])
+    coll.start()
+    coll.complete()
+    send = recorder.record(pg, "send", -1, None, [[torch.ones(1)]], peer=0)
+    send.start()
+    send.complete()
+    status = pickle.loads(fr.dump())["pg_status"]["0"]
+    assert status == {
+        "last_enqueued_collective": 1,
+        "last_started_collective": 1,
+        "last_completed_collective": 1,
+    }
+    assert (send.collective_seq_id, send.p2p_seq_id, send.op_id) == (1, 1, 2)
+    assert send.profiling_name == "gloo:send 0->0" and send.state == "completed"
+
+
+def _record_here(recorder, pg):
+    return recorder.record(pg, "barrier", 1, None, [])
+
+
+def test_stacks_symbolized_when_dumped():
+    """The stack is the caller's (the recorder's own frames left out), or none when off."""
+    pg = ProcessGroup(0, 1)
+    with_stacks = recorder_mod.FlightRecorder(4)
+    _record_here(with_stacks, pg)
+    frames = with_stacks.dump_dict()["entries"][0]["frames"]
+    assert frames[0]["name"] == "_record_here" and frames[0]["filename"] == __file__
+    assert frames[1]["name"] == "test_stacks_symbolized_when_dumped"
+    without = recorder_mod.FlightRecorder(4, capture_stacks=False)
+    _record_here(without, pg)
+    entry = without.dump_dict()["entries"][0]
+    assert entry["frames"] == [] and entry["input_sizes"] == entry["output_sizes"] == []
 
 
 # -- across processes ----------------------------------------------------------------------------

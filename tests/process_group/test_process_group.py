@@ -568,9 +568,10 @@ def killed_peer(ctx):
     victim = ctx.world_size - 1
     survivors = [f"passed_barrier/{r}" for r in range(victim)]
     if ctx.rank == victim:
-        # die once the others are past the barrier: the allreduce below is what must fail
-        # (a rank exiting the instant its barrier returns can still fail a peer's barrier over
-        # TCP: a known race, see issue 15's notes)
+        # die once the others are past the barrier, so that the allreduce below is what fails
+        # (exiting the instant its own barrier returns would not fail theirs either: a lost
+        # peer fails only the calls that need it, see tests/process_group/test_peer_exit.py;
+        # a survivor told by the arena that the other gave up names this rank too)
         ctx.store.wait(survivors, timedelta(seconds=30))
         os._exit(0)
     ctx.store.set(survivors[ctx.rank], "1")

@@ -199,6 +199,12 @@ class _Counter:
         "reduce_scatter_tensor_coalesced",
         "alltoall_base",
         "alltoall",
+        # the fast paths single-tensor calls take (see pyc10d.torch_backend.group)
+        "_broadcast_fast",
+        "_allreduce_fast",
+        "_allgather_fast",
+        "_reduce_scatter_fast",
+        "_alltoall_fast",
     )
 
     def __init__(self, pg) -> None:
@@ -219,14 +225,19 @@ class _Counter:
         return calls
 
 
+_GATHER = {"_allgather_base", "allgather_into_tensor_coalesced", "_allgather_fast"}
 REACHES = {
-    "all_reduce": {"allreduce"},
-    "all_reduce_coalesced": {"allreduce_coalesced", "allreduce"},
-    "broadcast": {"broadcast"},
-    "all_gather": {"_allgather_base", "allgather_into_tensor_coalesced"},
-    "all_gather_dim1": {"_allgather_base", "allgather_into_tensor_coalesced"},
-    "reduce_scatter": {"_reduce_scatter_base", "reduce_scatter_tensor_coalesced"},
-    "all_to_all": {"alltoall_base"},
+    "all_reduce": {"allreduce", "_allreduce_fast"},
+    "all_reduce_coalesced": {"allreduce_coalesced", "allreduce", "_allreduce_fast"},
+    "broadcast": {"broadcast", "_broadcast_fast"},
+    "all_gather": _GATHER,
+    "all_gather_dim1": _GATHER,
+    "reduce_scatter": {
+        "_reduce_scatter_base",
+        "reduce_scatter_tensor_coalesced",
+        "_reduce_scatter_fast",
+    },
+    "all_to_all": {"alltoall_base", "_alltoall_fast"},
 }
 """The pyc10d ProcessGroup methods each functional collective may arrive at."""
 
@@ -419,7 +430,7 @@ def test_dtensor_matches_gloo(world_size):
         # redistributions gather, reduce and reduce-scatter (funcol underneath)
         calls = set(ours["calls"])
         assert calls & REACHES["all_gather"] and calls & REACHES["reduce_scatter"], calls
-        assert "allreduce" in calls, calls
+        assert calls & REACHES["all_reduce"], calls
 
 
 @world_sizes(2, 3)
@@ -440,4 +451,4 @@ def test_compiled_functional_collectives_match_gloo(world_size):
     compiles to one graph and gives Gloo's result, each all-reduce reaching pyc10d."""
     for rank, (ours, gloo) in enumerate(_vs_gloo(world_size, "compiled")):
         assert_tensors(ours["result"], gloo["result"], f"rank {rank} compiled")
-        assert ours["calls"] == ["allreduce"] * 3, ours["calls"]
+        assert ours["calls"] == ["_allreduce_fast"] * 3, ours["calls"]

@@ -1,39 +1,43 @@
 """The client side of one TCPStore connection: send a frame, receive a reply frame, fast.
 
-The socket is non-blocking. A reply is first awaited by briefly re-trying ``recv`` (the server
-usually answers within tens of microseconds, and a sleep/wake-up costs more than that), then by
-blocking in ``poll`` until the deadline. The spin adapts: when replies stop arriving within it
-(an oversubscribed machine, where spinning only steals the server's CPU) it shrinks to nothing,
-probing again now and then.
+The socket is blocking, with the kernel enforcing the timeouts (``SO_SNDTIMEO`` and
+``SO_RCVTIMEO``, set only when they change): a request costs one ``send`` and, usually, one
+``recv_into`` (no ``poll`` before it, and no spinning: on a busy host a spinning client steals the
+CPU the server needs).
 """
 
 from __future__ import annotations
 
-import select
+import math
 import socket
+import struct
 import time
 
-from .protocol import ProtocolError, Status, decode, frame_size
+from .protocol import HEADER, ProtocolError, Status, decode, frame_size
 
-SPIN_MAX = 48  # non-blocking recv attempts before blocking in poll (~50 µs)
-SPIN_PROBE = 8  # spin tried again after this many replies that needed no spin budget
+RECV_SIZE = 1 << 16
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as a socket timeout (infinite: 0, which the kernel reads as no timeout)."""
+    if math.isinf(seconds):
+        return _TIMEVAL.pack(0, 0)
+    whole = int(seconds)
+    micros = min(999_999, round((seconds - whole) * 1e6))
+    return _TIMEVAL.pack(whole, micros if whole or micros else 1)  # (0, 0) would be no timeout
 
 
 class ClientConnection:
-    """A connected, non-blocking socket speaking the store protocol."""
+    """A connected, blocking socket speaking the store protocol."""
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+        sock.settimeout(None)  # blocking: the kernel times the calls out (see the module doc)
         self.sock = sock
         self._inbuf = bytearray()
-        self._chunk = bytearray(1 << 16)
+        self._chunk = bytearray(RECV_SIZE)
         self._chunk_view = memoryview(self._chunk)
-        self._readable = select.poll()
-        self._readable.register(sock, select.POLLIN)
-        self._writable = select.poll()
-        self._writable.register(sock, select.POLLOUT)
-        self._spin = SPIN_MAX
-        self._since_probe = 0
+        self._send_s = self._recv_s = -1.0  # the timeouts set on the socket (-1: none yet)
 
     def close(self) -> None:
         """Close the socket."""
@@ -44,7 +48,7 @@ class ClientConnection:
         up (e.g. naming a limit the request broke), if one arrived whole."""
         buf = self._inbuf
         try:
-            while size := self.sock.recv_into(self._chunk):
+            while size := self.sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT):
                 buf += self._chunk_view[:size]
         except OSError:
             pass
@@ -58,73 +62,64 @@ class ClientConnection:
             return None
         return reply[3][0].decode(errors="replace")
 
-    @staticmethod
-    def _wait(poller: select.poll, deadline: float, seconds: float) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"{round(seconds * 1000)}ms")
-        poller.poll(None if left == float("inf") else max(1, int(left * 1000)))
-
     def send(self, frame: bytes, seconds: float) -> None:
         """Send all of ``frame`` within ``seconds`` (TimeoutError otherwise)."""
+        if self._send_s != seconds:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+            self._send_s = seconds
         try:
             sent = self.sock.send(frame)
         except BlockingIOError:
             sent = 0
-        if sent == len(frame):
-            return
-        view = memoryview(frame)[sent:]
+        if sent != len(frame):
+            self._send_rest(memoryview(frame)[sent:], seconds)
+
+    def _send_rest(self, view: memoryview, seconds: float) -> None:
+        """The rest of a frame the socket did not take at once."""
         deadline = time.monotonic() + seconds
         while view:
             try:
                 view = view[self.sock.send(view) :]
             except BlockingIOError:
-                self._wait(self._writable, deadline, seconds)
-
-    def _probe_spins(self) -> int:
-        """The spin budget of a reply while spinning is off: a probe every ``SPIN_PROBE``."""
-        self._since_probe += 1
-        if self._since_probe >= SPIN_PROBE:
-            self._since_probe = 0
-            return SPIN_PROBE
-        return 0
-
-    def _wait_readable(self, deadline: float | None, seconds: float) -> float:
-        """Block in ``poll`` until data comes (the spin is over); returns the deadline it set."""
-        if deadline is None:
-            self._spin //= 2  # spun in vain: spin less next time
-            deadline = time.monotonic() + seconds
-        self._wait(self._readable, deadline, seconds)
-        return deadline
+                pass
+            if view and time.monotonic() >= deadline:
+                raise TimeoutError(f"{round(seconds * 1000)}ms")
 
     def receive(self, seconds: float) -> tuple[int, int, list[bytes]]:
         """Receive one reply frame ``(status, num, args)`` within ``seconds``."""
-        buf = self._inbuf
-        spins = self._spin
-        if not spins:
-            spins = self._probe_spins()
-        deadline = None
-        needed = frame_size(buf)
-        while True:
-            if len(buf) >= needed:
-                needed = frame_size(buf)  # the header was incomplete before: now it is known
-                if len(buf) >= needed:
-                    frame = bytes(buf[:needed])
-                    del buf[:needed]
-                    reply = decode(frame, 0)
-                    if reply is None:  # pragma: no cover - frame_size said it is complete
-                        raise ProtocolError("incomplete reply frame")
-                    if deadline is None and spins:  # answered while spinning: spinning pays
-                        self._spin = SPIN_MAX
-                    return reply[1], reply[2], reply[3]
+        if self._recv_s != seconds:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._recv_s = seconds
+        if not self._inbuf:  # the common case: the whole reply in one read
             try:
                 size = self.sock.recv_into(self._chunk)
             except BlockingIOError:
-                if spins:
-                    spins -= 1
-                    continue
-                deadline = self._wait_readable(deadline, seconds)
-                continue
+                raise TimeoutError(f"{round(seconds * 1000)}ms") from None
+            if size >= HEADER.size and frame_size(self._chunk) == size:
+                _, status, num, args = decode(self._chunk_view[:size].tobytes(), 0)  # type: ignore[misc]
+                return status, num, args
+            if not size:
+                raise ConnectionError("the server closed the connection")
+            self._inbuf += self._chunk_view[:size]
+        return self._receive_rest(seconds)
+
+    def _receive_rest(self, seconds: float) -> tuple[int, int, list[bytes]]:
+        """A reply that came in pieces (or behind another): read until it is whole."""
+        buf = self._inbuf
+        deadline = time.monotonic() + seconds
+        while len(buf) < 4 or len(buf) < frame_size(buf):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{round(seconds * 1000)}ms")
+            try:
+                size = self.sock.recv_into(self._chunk)
+            except BlockingIOError:
+                raise TimeoutError(f"{round(seconds * 1000)}ms") from None
             if not size:
                 raise ConnectionError("the server closed the connection")
             buf += self._chunk_view[:size]
+        needed = frame_size(buf)
+        reply = decode(bytes(buf[:needed]), 0)
+        del buf[:needed]
+        if reply is None:  # pragma: no cover - frame_size said it is complete
+            raise ProtocolError("incomplete reply frame")
+        return reply[1], reply[2], reply[3]

@@ -131,7 +131,7 @@ def join(store: Store, spec: JoinSpec) -> None:
         with contextlib.suppress(DistError):
             _leave(store, spec, linger=False)
         raise
-    _leave(store, spec, linger=False)
+    _leave(store, spec, linger=spec.is_master)  # the server outlives the last count-out
 
 
 def _join(store: Store, spec: JoinSpec) -> None:

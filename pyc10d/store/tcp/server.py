@@ -16,6 +16,10 @@ its first request is read; one that fails, sends something else, or stays silent
 ``AUTH_TIMEOUT_S``, is logged with its address and dropped. Without a key, a client that tries
 to authenticate is told that this server has none.
 
+Replies are batched: those produced while serving one wake-up of the loop are appended to their
+connection's output buffer and written with one ``send`` per connection before the loop waits
+again. Requests are read with ``recv_into`` one shared buffer and parsed in place.
+
 A dropped connection first gets its error reply, then lingers (writes shut down, input thrown
 away) until the client closes or ``LINGER_S`` pass, so that closing does not reset the reply
 away before the client has read it.
@@ -31,6 +35,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -47,16 +52,20 @@ from ...core.auth import (
     load_key,
 )
 from ...core.errors import DistNetworkError
-from ..table import KeyValueTable
+from ..table import INTERNAL_PREFIX, KeyValueTable
 from .protocol import (
+    ARG_LEN,
     AUTH_CONTEXT,
     FRAME_LIMIT,
+    HEADER,
+    HEADER_1ARG,
+    HEADER_BODY,
     NO_TIMEOUT,
     FrameTooLarge,
     Op,
     ProtocolError,
     Status,
-    decode,
+    check_length,
     encode,
     frame_size,
     max_frame,
@@ -65,7 +74,11 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 1 << 16
+RECV_SIZE = 1 << 18  # the shared receive buffer: many pipelined requests per recv
+HEADER_SIZE, HEADER_1ARG_SIZE = HEADER.size, HEADER_1ARG.size
+SET = int(Op.SET)
+OK, VALUE_ERROR = int(Status.OK), int(Status.VALUE_ERROR)  # plain ints: packed per reply
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # the range of a counter (and of ``num``)
 MAX_CONNECTIONS_ENV = "PYC10D_STORE_MAX_CONNECTIONS"
 DEFAULT_MAX_CONNECTIONS = 16384
 OUT_PAUSE = 8 << 20  # unsent reply bytes at which a connection stops being read
@@ -77,8 +90,6 @@ AUTH_REQUIRED = (
     f"authentication required: this TCPStore server has a key; set {KEY_VARIABLES} to the "
     "job's key on this process"
 )
-SPIN_POLLS = 16  # zero-timeout polls after activity before the loop blocks (~30 µs)
-SPIN_PROBE = 8  # with spinning switched off, try it again after this many blocking waits
 
 if hasattr(select, "epoll"):
     READ, WRITE = select.EPOLLIN, select.EPOLLOUT
@@ -107,30 +118,20 @@ class _Poller:
         """Stop watching ``fd``."""
         self._impl.unregister(fd)
 
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        """Ready ``(fd, mask)`` pairs, waiting up to ``timeout`` seconds (None: forever)."""
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        """Ready ``(fd, mask)`` pairs, waiting up to ``timeout`` seconds (negative: forever)."""
         if self._epoll is not None:
-            return self._epoll.poll(-1 if timeout is None else timeout)
-        return self._impl.poll(None if timeout is None else timeout * 1000)
+            return self._epoll.poll(timeout)
+        return self._impl.poll(None if timeout < 0 else timeout * 1000)  # pragma: no cover
+
+    def raw_poll(self) -> Callable[[float], list[tuple[int, int]]]:
+        """:meth:`poll` itself where epoll is there (no wrapper call per wake-up)."""
+        return self._epoll.poll if self._epoll is not None else self.poll
 
     def close(self) -> None:
         """Release the epoll descriptor."""
         if self._epoll is not None:
             self._epoll.close()
-
-
-def _spin_before_blocking(spin: int, idle_polls: int, blocked: int) -> tuple[int, int]:
-    """The event loop's ``(spin, blocked)`` as it is about to block in ``poll``.
-
-    A spin that found nothing is halved; once spinning is off, it is probed again after
-    ``SPIN_PROBE`` blocking waits.
-    """
-    if idle_polls == spin and spin:
-        spin //= 2
-    blocked += 1
-    if not spin and blocked >= SPIN_PROBE:
-        spin, blocked = SPIN_PROBE, 0
-    return spin, blocked
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,9 @@ class _Connection:
 
     ``closed``: no longer served (dropped or closed); ``fd_open``: the socket is still open (a
     dropped connection lingers, see the module doc). ``gate`` (None once passed) holds what must
-    happen before requests are read. ``parked``: this client's waiting requests.
+    happen before requests are read. ``parked``: this client's waiting requests. ``outbuf``:
+    replies not yet written; while ``writing`` the socket was full and the loop waits until it
+    is writable, otherwise they go out at the end of the wake-up. ``mask``: the events watched.
     """
 
     __slots__ = (
@@ -192,12 +195,14 @@ class _Connection:
         "gate",
         "hold",
         "inbuf",
+        "mask",
         "needed",
         "outbuf",
         "parked",
         "paused",
         "peer",
         "sock",
+        "writing",
     )
 
     def __init__(self, sock: socket.socket, peer: object) -> None:
@@ -212,6 +217,8 @@ class _Connection:
         self.gate: object | None = None
         self.parked: set[_Waiter] = set()
         self.paused = False  # not read from until ``outbuf`` drains below the limit
+        self.writing = False
+        self.mask = READ
 
     @property
     def address(self) -> str:
@@ -223,6 +230,19 @@ class _Connection:
 
 
 _Handler = Callable[[_Connection, int, list[bytes]], None]  # (conn, num, args) of a request
+# (conn, num, nargs, data, start, end) -> next: serves the request frame data[start:end] (maybe
+# more of the same kind after it) and returns where the next request frame starts
+_RawHandler = Callable[[_Connection, int, int, bytes, int, int], int]
+
+
+def _with_args(handler: _Handler) -> _RawHandler:
+    """``handler`` served with its arguments parsed into a list."""
+
+    def serve(conn: _Connection, num: int, nargs: int, data: bytes, start: int, end: int) -> int:
+        handler(conn, num, _parse_args(data, start + HEADER_SIZE, end, nargs))
+        return end
+
+    return serve
 
 
 class _Waiter:
@@ -237,6 +257,32 @@ class _Waiter:
         self.done = False
         self.parked_on: str | None = None
         self.timed = False  # it has an entry in the timer heap
+
+
+def _check_partial_header(data: bytes, offset: int, limit: int) -> None:
+    """Refuse an incomplete frame as soon as its length says it is too large."""
+    if len(data) - offset >= 4:
+        check_length(ARG_LEN.unpack_from(data, offset)[0], limit)
+
+
+_unpack_len = ARG_LEN.unpack_from  # (length,) of the argument at an offset
+
+
+def _parse_args(data: bytes, pos: int, end: int, nargs: int) -> list[bytes]:
+    """The ``nargs`` length-prefixed arguments between ``pos`` and the frame's ``end``."""
+    args = []
+    for _ in range(nargs):
+        if pos + 4 > end:
+            raise ProtocolError("argument header past the end of the frame")
+        (length,) = ARG_LEN.unpack_from(data, pos)
+        pos += 4
+        if pos + length > end:
+            raise ProtocolError("argument past the end of the frame")
+        args.append(data[pos : pos + length])
+        pos += length
+    if pos != end:
+        raise ProtocolError("trailing bytes in frame")
+    return args
 
 
 def _listen_socket(port: int) -> socket.socket:
@@ -307,6 +353,9 @@ class StoreServer:
         os.set_blocking(self._wake_r, False)
         self._stopping = False
         self._handlers = self._request_handlers()
+        self._scratch = bytearray(RECV_SIZE)  # every recv lands here (one thread reads)
+        self._scratch_view = memoryview(self._scratch)
+        self._dirty: list[_Connection] = []  # connections with replies to write this wake-up
         self._thread = threading.Thread(
             target=self._run, name=f"pyc10d-store-{self.port}", daemon=True
         )
@@ -346,34 +395,27 @@ class StoreServer:
             self._thread.join()
 
     def _run(self) -> None:
-        """The event loop: serve the ready sockets and the due timers until :meth:`stop`."""
-        poller = self._poller
+        """The event loop: serve the ready sockets and the due timers until :meth:`stop`.
+
+        It blocks in ``epoll_wait`` whenever there is nothing to do (no spinning: on a busy
+        host a spinning server steals the CPU its clients need).
+        """
+        poll = self._poller.raw_poll()
         listen_fd, wake_fd = self._listener.fileno(), self._wake_r
-        poller.register(listen_fd, READ)
-        poller.register(wake_fd, READ)
+        self._poller.register(listen_fd, READ)
+        self._poller.register(wake_fd, READ)
         dispatch = self._dispatch  # bound once: no method object per loop iteration
-        spin = SPIN_POLLS  # adapts: grows back when spinning finds work, halves when it does not
-        idle_polls = 0
-        blocked = 0
+        flush = self._flush_dirty
         try:
             while not self._stopping:
-                # after activity, re-poll without sleeping for a moment: the next request of a
-                # busy client usually arrives within microseconds, and a wake-up costs more
-                if idle_polls < spin:
-                    events = poller.poll(0.0)
-                else:
-                    spin, blocked = _spin_before_blocking(spin, idle_polls, blocked)
-                    events = poller.poll(self._next_timer_delay())
-                if not events:
-                    idle_polls += 1
-                else:
-                    if idle_polls:
-                        if idle_polls < spin:  # the spin caught this request: keep spinning
-                            spin = SPIN_POLLS
-                        idle_polls = 0
+                timed = self._timers or self._conn_timers
+                events = poll(self._next_timer_delay() if timed else -1)
+                if events:
                     dispatch(events, listen_fd, wake_fd)
                 if self._timers or self._conn_timers:
                     self._fire_timers()
+                if self._dirty:
+                    flush()
         except Exception:  # pragma: no cover - a bug in the loop must not pass silently
             log.exception("pyc10d TCPStore server loop crashed")
         finally:
@@ -388,7 +430,7 @@ class StoreServer:
                 if mask & READ_OR_HUP:
                     self._on_readable(conn)
                 if mask & WRITE and conn.fd_open:
-                    self._flush(conn)
+                    self._write(conn)
             elif fd == listen_fd:
                 self._accept()
             elif fd == wake_fd:
@@ -494,6 +536,7 @@ class StoreServer:
         self._compact_timers()
 
     def _close(self, conn: _Connection) -> None:
+        """Close ``conn`` now, forgetting its parked requests."""
         if not conn.fd_open:
             return
         if conn.closed and conn.gate is _DISCARD:
@@ -515,7 +558,7 @@ class StoreServer:
             return
         if reply:
             self._send(conn, reply)
-            if not conn.fd_open:
+            if not conn.writing and not self._send_now(conn):  # now, not after the wake-up
                 return
         if self._lingering >= MAX_LINGERING:
             self._close(conn)
@@ -523,25 +566,27 @@ class StoreServer:
         conn.closed = conn.hold = True
         conn.gate = _DISCARD
         conn.paused = False
+        conn.writing = bool(conn.outbuf)
         self._lingering += 1
         self._release_waiters(conn)
         conn.inbuf = bytearray()
         with contextlib.suppress(OSError, ValueError):
-            self._poller.modify(conn.sock.fileno(), READ | WRITE if conn.outbuf else READ)
+            self._set_interest(conn)
             if not conn.outbuf:
                 conn.sock.shutdown(socket.SHUT_WR)
         self._add_conn_timer(conn, LINGER_S)
 
     def _on_readable(self, conn: _Connection) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            size = conn.sock.recv_into(self._scratch)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self._close(conn)  # a frame cut off mid-way is dropped with the connection
             return
+        data: bytes | None = self._scratch_view[:size].tobytes()  # one small copy, no new page
         if conn.gate is not None:  # a new connection (or a dropped one)
             data = self._pass_gate(conn, data)
             if not data:
@@ -596,30 +641,49 @@ class StoreServer:
                 return
             data = bytes(conn.inbuf)
             conn.inbuf.clear()
-        offset = 0
-        limit = self._limits.max_frame
         try:
-            while not conn.hold:
-                frame = decode(data, offset, limit)
-                if frame is None:
-                    break
-                offset, op, num, args = frame
-                self._handle(conn, op, num, args)
+            offset = self._serve(conn, data)
         except FrameTooLarge as exc:
             self._refuse_frame(conn, exc)
             return
-        except (ProtocolError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        except (ProtocolError, UnicodeDecodeError, ValueError, IndexError, struct.error) as exc:
             log.warning("TCPStore server dropping client %s: %s", conn.address, exc)
             self._close(conn)
             return
         if conn.closed:
             return
         if offset < len(data):
-            conn.inbuf += data[offset:]
+            conn.inbuf += memoryview(data)[offset:]
             conn.needed = frame_size(conn.inbuf)
         if conn.hold and not conn.paused:
-            conn.paused = True  # resumed by _flush once the client reads its replies
-            self._poller.modify(conn.sock.fileno(), WRITE)
+            conn.paused = True  # resumed by _write once the client reads its replies
+            self._set_interest(conn)
+
+    def _serve(self, conn: _Connection, data: bytes) -> int:
+        """Serve the whole request frames at the start of ``data``; return where the rest starts.
+
+        Raises ProtocolError (and FrameTooLarge) for frames that cannot be valid.
+        """
+        handlers = self._handlers
+        limit = self._limits.max_frame
+        unpack = HEADER.unpack_from
+        end = len(data)
+        offset = 0
+        while not conn.hold:
+            if end - offset < HEADER_SIZE:
+                _check_partial_header(data, offset, limit)
+                break
+            size, code, nargs, num = unpack(data, offset)
+            if not HEADER_BODY <= size <= limit:
+                check_length(size, limit)
+            frame_end = offset + 4 + size
+            if frame_end > end:
+                break
+            handler = handlers.get(code)
+            if handler is None:
+                raise ProtocolError(f"unknown opcode {code}")
+            offset = handler(conn, num, nargs, data, offset, frame_end)
+        return offset
 
     def _refuse_frame(self, conn: _Connection, exc: FrameTooLarge) -> None:
         """Answer an oversized request with an ERROR naming the limit, and drop the client."""
@@ -636,62 +700,70 @@ class StoreServer:
         if not conn.closed:
             self._send(conn, encode(status, num, args))
 
-    def _send(self, conn: _Connection, frame: bytes) -> None:
-        """Send ``frame`` to ``conn`` now, or queue what does not fit (written when it can be)."""
-        if conn.outbuf:
-            self._queue(conn, frame)
-            return
-        try:
-            sent = conn.sock.send(frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close(conn)
-            return
-        if sent < len(frame):
-            self._queue(conn, frame[sent:])
-
-    def _queue(self, conn: _Connection, rest: bytes) -> None:
-        """Keep ``rest`` for when the socket takes more; past the limit, stop reading requests."""
-        if not conn.outbuf:
-            self._poller.modify(conn.sock.fileno(), WRITE if conn.paused else READ | WRITE)
-        conn.outbuf += rest
-        if len(conn.outbuf) >= self._limits.out_pause:
+    def _send(self, conn: _Connection, frame: bytes, tail: bytes = b"") -> None:
+        """Queue ``frame`` (then ``tail``) for ``conn``, written at the end of this wake-up (or
+        when the socket takes more); past the limit, stop reading the client's requests."""
+        out = conn.outbuf
+        if not out and not conn.writing:
+            self._dirty.append(conn)
+        out += frame
+        if tail:
+            out += tail
+        if len(out) >= self._limits.out_pause:
             conn.hold = True
 
-    def _flush(self, conn: _Connection) -> None:
+    def _flush_dirty(self) -> None:
+        """Write the replies queued in this wake-up: one ``send`` per connection."""
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for conn in dirty:
+                if conn.fd_open and conn.outbuf and not conn.writing:
+                    self._write(conn)
+
+    def _send_now(self, conn: _Connection) -> bool:
+        """Write what the socket takes of ``conn.outbuf``; False if that closed the connection."""
         try:
             sent = conn.sock.send(conn.outbuf)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             self._close(conn)
-            return
+            return False
         del conn.outbuf[:sent]
-        fd = conn.sock.fileno()
-        if conn.hold and not conn.closed and len(conn.outbuf) < self._limits.out_pause:
+        return True
+
+    def _write(self, conn: _Connection) -> None:
+        """Write ``conn``'s replies; wait until it is writable for the rest, resume reading its
+        requests once they drain below the limit, finish dropping it once they are all out."""
+        if not self._send_now(conn):
+            return
+        out = conn.outbuf
+        if conn.hold and not conn.closed and len(out) < self._limits.out_pause:
             conn.hold = False
             if conn.paused:
                 conn.paused = False
-                self._poller.modify(fd, READ | WRITE if conn.outbuf else READ)
+                conn.writing = bool(out)
+                self._set_interest(conn)
                 self._consume(conn, b"")  # the requests read before the pause
                 return
-        if not conn.outbuf and not conn.paused:
-            self._poller.modify(fd, READ)
-            if conn.closed:  # a dropped connection's last reply is out
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_WR)
+        if conn.writing != bool(out):
+            conn.writing = bool(out)
+            self._set_interest(conn)
+        if not out and conn.closed:  # a dropped connection's last reply is out
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+
+    def _set_interest(self, conn: _Connection) -> None:
+        """Watch ``conn`` for what it needs now: requests unless paused, room while writing."""
+        mask = (0 if conn.paused else READ) | (WRITE if conn.writing else 0)
+        if mask != conn.mask and conn.fd_open:
+            conn.mask = mask
+            self._poller.modify(conn.sock.fileno(), mask)
 
     # -- requests -----------------------------------------------------------------------------
-    def _handle(self, conn: _Connection, op: int, num: int, args: list[bytes]) -> None:
-        """Serve one request with the handler of its opcode."""
-        handler = self._handlers.get(op)
-        if handler is None:
-            raise ProtocolError(f"unknown opcode {op}")
-        handler(conn, num, args)
-
-    def _request_handlers(self) -> dict[int, _Handler]:
-        """The handler of each opcode, as bound methods keyed by plain ``int`` (fast lookups)."""
+    def _request_handlers(self) -> dict[int, _RawHandler]:
+        """The handler of each opcode keyed by plain ``int`` (fast lookups). SET, GET and ADD,
+        the hot ones, parse their own arguments; the others get them as a list."""
         handlers: dict[Op, _Handler] = {
             Op.SET: self._on_set,
             Op.GET: self._on_get,
@@ -710,7 +782,69 @@ class StoreServer:
             Op.QUEUE_LEN: self._on_queue_len,
             Op.PING: self._on_ping,
         }
-        return {int(op): handler for op, handler in handlers.items()}
+        raw = {int(op): _with_args(handler) for op, handler in handlers.items()}
+        raw[int(Op.SET)] = self._serve_set
+        raw[int(Op.GET)] = self._serve_get
+        raw[int(Op.ADD)] = self._serve_add
+        return raw
+
+    def _serve_set(self, conn: _Connection, num: int, nargs: int, data, start, end) -> int:
+        """SET, parsed in place, with the unacknowledged SETs right after it in ``data``: a
+        client writing many keys sends them back to back."""
+        after = self._serve_sets(conn, data, start) if not num else start
+        if after == start:  # acknowledged, or not a plain key and value: the general way
+            self._on_set(conn, num, _parse_args(data, start + HEADER_SIZE, end, nargs))
+            return end
+        return after
+
+    def _serve_sets(self, conn: _Connection, data: bytes, offset: int) -> int:
+        """Apply the unacknowledged, well-formed SETs from ``offset`` on; return where the
+        first other frame (or an incomplete one) starts."""
+        table = self._table
+        values = table.data
+        waiters = self._key_waiters
+        limit = self._limits.max_frame
+        unpack = HEADER_1ARG.unpack_from
+        end = len(data)
+        while offset + HEADER_1ARG_SIZE <= end:
+            size, code, nargs, num, key_len = unpack(data, offset)
+            frame_end = offset + 4 + size
+            key_end = offset + HEADER_1ARG_SIZE + key_len
+            if code != SET or nargs != 2 or num or size > limit or frame_end > end:
+                break
+            if key_end + 4 > frame_end or key_end + 4 + _unpack_len(data, key_end)[0] != frame_end:
+                break
+            key = data[offset + HEADER_1ARG_SIZE : key_end].decode()
+            if key not in values and not key.startswith(INTERNAL_PREFIX):
+                table.num_user_keys += 1
+            values[key] = data[key_end + 4 : frame_end]
+            offset = frame_end
+            if waiters:  # waiters are answered before the writer (see _on_set)
+                self._key_changed(key)
+                if conn.hold:
+                    break
+        return offset
+
+    def _serve_get(self, conn: _Connection, num: int, nargs: int, data, start, end) -> int:
+        """GET, parsed in place: the value of a key already set is sent at once."""
+        start += HEADER_SIZE
+        if nargs == 1 and start + 4 + _unpack_len(data, start)[0] == end:
+            value = self._table.data.get(data[start + 4 : end].decode())
+            if value is not None and len(value) < FRAME_LIMIT - 64:
+                size = len(value)
+                self._send(conn, HEADER_1ARG.pack(HEADER_BODY + 4 + size, OK, 1, 0, size), value)
+                return end
+        self._on_get(conn, num, _parse_args(data, start, end, nargs))
+        return end
+
+    def _serve_add(self, conn: _Connection, num: int, nargs: int, data, start, end) -> int:
+        """ADD, parsed in place."""
+        start += HEADER_SIZE
+        if nargs == 1 and start + 4 + _unpack_len(data, start)[0] == end:
+            self._add(conn, num, data[start + 4 : end].decode())
+        else:
+            self._on_add(conn, num, _parse_args(data, start, end, nargs))
+        return end
 
     def _on_get(self, conn: _Connection, num: int, args: list[bytes]) -> None:
         """GET: the key's value once it exists (TIMEOUT after ``num`` ms, 0: never)."""
@@ -736,20 +870,26 @@ class StoreServer:
         self._table.set(key, args[1])
         # waiters are answered before the writer, so a writer that exits as soon as it
         # hears back cannot take the (in-process) server down before they are told
-        self._key_changed(key)
+        if self._key_waiters:
+            self._key_changed(key)
         if num:  # acknowledged only when asked: clients do not wait for SET (as in torch)
             self._reply(conn, Status.OK)
 
     def _on_add(self, conn: _Connection, num: int, args: list[bytes]) -> None:
         """ADD: add ``num`` to the key's integer value; reply with the total."""
-        key = args[0].decode()
+        self._add(conn, num, args[0].decode())
+
+    def _add(self, conn: _Connection, num: int, key: str) -> None:
+        """Serve an ADD of ``num`` to ``key``."""
         try:
-            total = self._table.add(key, num)
+            total = self._table.add(key, num, INT64_MIN, INT64_MAX)
         except ValueError as exc:
-            self._reply(conn, Status.VALUE_ERROR, 0, [str(exc).encode()])
+            self._reply(conn, VALUE_ERROR, 0, [str(exc).encode()])
             return
-        self._key_changed(key)
-        self._reply(conn, Status.OK, total)
+        if self._key_waiters:
+            self._key_changed(key)
+        if not conn.closed:
+            self._send(conn, HEADER.pack(HEADER_BODY, OK, 0, total))
 
     def _on_compare_set(self, conn: _Connection, num: int, args: list[bytes]) -> None:
         """COMPARE_SET: set the key if it holds the expected value; reply with its value."""
@@ -897,7 +1037,7 @@ class StoreServer:
             heapq.heapify(self._timers)
             self._dead_timers = 0
 
-    def _next_timer_delay(self) -> float | None:
+    def _next_timer_delay(self) -> float:
         timers = self._timers
         while timers and timers[0][2].done:
             heapq.heappop(timers)
@@ -905,7 +1045,7 @@ class StoreServer:
         self._compact_timers()
         due = [t[0][0] for t in (timers, self._conn_timers) if t]
         if not due:
-            return None
+            return -1.0
         return max(0.0, min(due) - time.monotonic())
 
     def _fire_timers(self) -> None:

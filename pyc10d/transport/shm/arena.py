@@ -39,6 +39,7 @@ last process unmaps it, whatever happens to the processes.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -97,13 +98,34 @@ def sizes_header_bytes(world_size: int) -> int:
     return (world_size * 16 + 63) // 64 * 64
 
 
+def _cores() -> int:
+    """How many cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _spin_seconds(world_size: int) -> float:
     """How long a waiter polls before blocking: briefly when every rank has its own core."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 200e-6 if world_size <= cores else 20e-6
+    return 200e-6 if world_size <= _cores() else 20e-6
+
+
+def threads_per_rank(world_size: int) -> int:
+    """The torch intra-op threads a rank's copies and reductions should use: its share of the
+    cores (every rank of an arena runs on this host)."""
+    return max(1, _cores() // world_size)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+MADV_POPULATE_WRITE = 23  # Linux 5.14: fault every page of a range in, writable
+
+
+def prefault(buf: memoryview) -> None:
+    """Fault every page of the mapping ``buf`` in now (best effort), so that a collective does
+    not pay for page faults on its first use of a slot."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    _LIBC.madvise(ctypes.c_void_p(address), ctypes.c_size_t(len(buf)), MADV_POPULATE_WRITE)
 
 
 class ShmArena:
@@ -133,6 +155,7 @@ class ShmArena:
         self._failure = failure
         self._closed = False
         self._spin = _spin_seconds(world_size)
+        self.threads = threads_per_rank(world_size)
         self._last_use = [0, 0]  # the round that last wrote each of this rank's slots
         self._signature = signature("barrier", torch.uint8, 0)
         self._segments: list[Segment | None] = [None] * world_size
@@ -178,6 +201,7 @@ class ShmArena:
             own.release_fd()
         for owner, segment in enumerate(self._segments):
             assert segment is not None
+            prefault(segment.buf)
             self._control.append(segment.buf[:CONTROL_BYTES].cast("Q"))
             self._heads.append(
                 [
@@ -321,6 +345,7 @@ class ShmArena:
             seq=seq,
         )
         err.blame, err.seconds, err.arrived = (), None, time.monotonic()
+        err.reason = f"it {why} there" if state == TIMED_OUT else None  # failed: why is unknown
         return err
 
     def _check_abandoned(self, pending: list[int], deadline: Deadline, what: str) -> None:

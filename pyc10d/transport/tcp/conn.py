@@ -101,7 +101,7 @@ class PeerConn:
             if sent != HEADER_SIZE + len(data):
                 self._send_rest(tag, header, data, sent, deadline)
         except OSError as exc:
-            raise PeerFailedError(self.rank, f"send failed: {exc}") from None
+            raise PeerFailedError(self.rank, self.broken or f"send failed: {exc}") from None
         finally:
             lock.release()
 
@@ -134,6 +134,16 @@ class PeerConn:
     def break_stream(self, reason: str) -> None:
         """Give up on a stream left mid-message: shut the socket so both sides fail."""
         self.broken = reason
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def lose(self, reason: str) -> None:
+        """The peer is gone (``reason``): later sends to it fail, and one blocked on the socket
+        wakes up (receiver thread, once the socket has nothing left to read)."""
+        if self.broken is None:
+            self.broken = reason
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -54,6 +54,7 @@ SOCKET_BUFFER: int | None = None  # None: kernel autotuning (faster here than a 
 HANDSHAKE_TIMEOUT_S = 10.0  # the most an accepted connection may take to identify itself
 EXTRA_PENDING = 64  # unidentified connections held at once, beyond one per expected peer
 REQUIRED_REPLY = REQUIRED_MAGIC.ljust(HELLO.size, b"\0")  # "authenticate first", HELLO-sized
+BUSY_REPLY = b"pBSY".ljust(HELLO.size, b"\0")  # "I am connecting to you": wait for my connection
 
 
 def tune(sock: socket.socket) -> None:
@@ -102,12 +103,18 @@ def _timeout(deadline: Deadline) -> float | None:
     return None if math.isinf(remaining) else max(remaining, 0.001)
 
 
+class PeerConnecting(Exception):
+    """The acceptor answered :data:`BUSY_REPLY`: it is connecting to this rank itself (lazy
+    connection setup, where the lower rank of a pair decides), so its connection is the one."""
+
+
 def shake_hands(sock: socket.socket, ident: Identity, peer: int, addr: str) -> None:
     """The connecting side's handshake over connected ``sock`` (its timeout applies).
 
     Raises DistBackendError when ``addr`` is not ``peer`` of this group or authentication
     failed (retrying would not help), ConnectionError when the acceptor hung up (it may have
-    dropped the connection: retry), other OSErrors as they come.
+    dropped the connection: retry), PeerConnecting when the peer connects to this rank instead
+    (lazy setup only), other OSErrors as they come.
     """
     what = f"rank {peer} ({addr})"
     where = f"TCPTransport setup on rank {ident.rank}"
@@ -120,6 +127,8 @@ def shake_hands(sock: socket.socket, ident: Identity, peer: int, addr: str) -> N
     reply = _recv_exact(sock, HELLO.size)
     if reply is None:
         raise ConnectionError(f"{what} closed the connection during the handshake")
+    if reply == BUSY_REPLY:
+        raise PeerConnecting(f"{what} is connecting to rank {ident.rank} itself")
     if reply == REQUIRED_REPLY:
         raise DistBackendError(
             f"{where}: {what} requires authentication, but this rank has no key: give every "
@@ -132,12 +141,14 @@ def shake_hands(sock: socket.socket, ident: Identity, peer: int, addr: str) -> N
     sock.sendall(ACK)
 
 
-class _Reject(Exception):
-    """Drop this connection: ``reason`` is logged, ``reply`` sent first (if any)."""
+class Reject(Exception):
+    """Drop this connection: ``reason`` is logged (at debug level if ``quiet``), ``reply`` sent
+    first (if any)."""
 
-    def __init__(self, reason: str, reply: bytes = b"") -> None:
+    def __init__(self, reason: str, reply: bytes = b"", quiet: bool = False) -> None:
         super().__init__(reason)
         self.reply = reply
+        self.quiet = quiet
 
 
 class _Pending:
@@ -229,7 +240,7 @@ class Acceptor:
         sel.register(self._listener, selectors.EVENT_READ)
         sel.register(self._stop_r, selectors.EVENT_READ)
         try:
-            while self._waiting and not self._stopped and not self._deadline.expired():
+            while self._running():
                 nearest = min((p.deadline for p in self._pending.values()), default=math.inf)
                 wait = min(self._deadline.remaining(), nearest - time.monotonic(), 1.0)
                 for key, _ in sel.select(max(wait, 0.0)):
@@ -246,6 +257,10 @@ class Acceptor:
             for pending in list(self._pending.values()):
                 self._forget(sel, pending)
             sel.close()
+
+    def _running(self) -> bool:
+        """Whether to go on accepting (a subclass may accept for as long as it lives)."""
+        return bool(self._waiting) and not self._stopped and not self._deadline.expired()
 
     def _accept(self, sel: selectors.BaseSelector) -> None:
         for _ in range(64):
@@ -292,13 +307,13 @@ class Acceptor:
             return
         try:
             self._step(sel, pending, data)
-        except _Reject as exc:
+        except Reject as exc:
             if exc.reply:
                 try:
                     pending.sock.send(exc.reply)
                 except OSError:
                     pass
-            self._drop(sel, pending, str(exc))
+            self._drop(sel, pending, str(exc), exc.quiet)
 
     def _step(self, sel: selectors.BaseSelector, pending: _Pending, data: bytes) -> None:
         if pending.auth is not None:
@@ -311,7 +326,7 @@ class Acceptor:
             self._identify(sel, pending)
             return
         if bytes(pending.buf) != ACK:
-            raise _Reject(f"rank {pending.peer} sent {bytes(pending.buf)!r} instead of its ACK")
+            raise Reject(f"rank {pending.peer} sent {bytes(pending.buf)!r} instead of its ACK")
         self._establish(sel, pending)
 
     def _authenticate(self, pending: _Pending, data: bytes) -> None:
@@ -320,7 +335,7 @@ class Acceptor:
             reply = pending.auth.feed(data)
         except HandshakeFailed as exc:
             reply = REQUIRED_REPLY if exc.foreign else exc.reply
-            raise _Reject(f"authentication failed: {exc.reason}", reply) from None
+            raise Reject(f"authentication failed: {exc.reason}", reply) from None
         if reply:
             self._send(pending, reply)
         if pending.auth.done:
@@ -331,37 +346,48 @@ class Acceptor:
         hello = bytes(pending.buf)
         pending.buf.clear()
         if hello.startswith(HELLO_MAGIC):
-            raise _Reject(
+            raise Reject(
                 f"it tried to authenticate, but this rank has no key ({KEY_VARIABLES})",
                 NO_AUTH_REPLY,
             )
         magic, nonce, peer, world_size = HELLO.unpack(hello)
         ident = self._ident
         if (magic, nonce, world_size) != (MAGIC, ident.nonce, ident.world_size):
-            raise _Reject(f"not a peer of this group (hello {hello!r})")
-        if peer not in self._waiting:
-            state = "already connected" if peer in self._socks else "not expected here"
-            raise _Reject(f"it says it is rank {peer}, which is {state}")
+            raise Reject(f"not a peer of this group (hello {hello!r})")
         for other in list(self._pending.values()):
             if other is not pending and other.peer == peer:  # an older attempt, given up
                 self._drop(sel, other, f"rank {peer} connected again")
-        self._send(pending, ident.hello())
+        self._admit(peer)
         pending.peer = peer
         pending.deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+        self._send(pending, ident.hello())
+
+    def _admit(self, peer: int) -> None:
+        """Take the connection of ``peer`` (its HELLO checked out) or raise Reject."""
+        if peer not in self._waiting:
+            state = "already connected" if peer in self._socks else "not expected here"
+            raise Reject(f"it says it is rank {peer}, which is {state}")
 
     def _establish(self, sel: selectors.BaseSelector, pending: _Pending) -> None:
         assert pending.peer is not None
         self._forget(sel, pending, close=False)
-        self._socks[pending.peer] = pending.sock
-        self._waiting.discard(pending.peer)
+        self._established(pending.peer, pending.sock)
+
+    def _established(self, peer: int, sock: socket.socket) -> None:
+        """``peer``'s connection is confirmed (its ACK arrived): keep ``sock``."""
+        self._socks[peer] = sock
+        self._waiting.discard(peer)
+
+    def _abandoned(self, peer: int) -> None:
+        """``peer``'s admitted connection was dropped before its ACK (a subclass's hook)."""
 
     def _send(self, pending: _Pending, data: bytes) -> None:
         try:
             sent = pending.sock.send(data)
         except OSError as exc:
-            raise _Reject(f"answering it failed: {exc}") from None
+            raise Reject(f"answering it failed: {exc}") from None
         if sent != len(data):
-            raise _Reject("its socket would not take a handshake message")
+            raise Reject("its socket would not take a handshake message")
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
@@ -369,8 +395,11 @@ class Acceptor:
             what = "its ACK" if pending.peer is not None else "a complete handshake"
             self._drop(sel, pending, f"it sent no {what} within {HANDSHAKE_TIMEOUT_S:.0f} s")
 
-    def _drop(self, sel: selectors.BaseSelector, pending: _Pending, reason: str) -> None:
-        log.warning(
+    def _drop(
+        self, sel: selectors.BaseSelector, pending: _Pending, reason: str, quiet: bool = False
+    ) -> None:
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "TCPTransport setup on rank %d: dropped the connection from %s: %s",
             self.rank,
             pending.address,
@@ -387,6 +416,8 @@ class Acceptor:
             pass
         if close:
             _drain_and_close(pending.sock)
+            if pending.peer is not None:
+                self._abandoned(pending.peer)
 
 
 def _drain_and_close(sock: socket.socket) -> None:
@@ -401,4 +432,15 @@ def _drain_and_close(sock: socket.socket) -> None:
     sock.close()
 
 
-__all__ = ["ACK", "HELLO", "MAGIC", "Acceptor", "Identity", "shake_hands", "tune"]
+__all__ = [
+    "ACK",
+    "BUSY_REPLY",
+    "HELLO",
+    "MAGIC",
+    "Acceptor",
+    "Identity",
+    "PeerConnecting",
+    "Reject",
+    "shake_hands",
+    "tune",
+]

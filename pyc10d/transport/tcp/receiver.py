@@ -25,7 +25,7 @@ _unpack_header = HEADER.unpack_from
 
 class Receiver(ReceiverThread):
     """Reads all ``conns`` on a daemon thread and feeds ``mailbox``; ``on_fail`` is called
-    (on that thread) once the transport has failed because a peer was lost."""
+    (on that thread) if the thread itself fails (a bug), which fails the transport."""
 
     def __init__(
         self,
@@ -57,6 +57,14 @@ class Receiver(ReceiverThread):
                 os.write(self._wake_w, b"!")
             except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
                 pass
+
+    def add(self, conn: PeerConn) -> None:
+        """Read ``conn`` too, from now on (a connection made after the thread started: lazy
+        setup). The caller has appended it to the ``conns`` list this receiver was given; the
+        thread only looks ``_by_fd`` up, so entering it before registering its descriptor means
+        it is known by the time epoll reports it."""
+        self._by_fd[conn.fd] = conn
+        self._ep.register(conn.fd, select.EPOLLIN)
 
     def stop(self, err: DistBackendError, after_exit: Callable[[], None]) -> None:
         """Stop the thread, failing whatever still waits with ``err``; then run ``after_exit``.
@@ -101,18 +109,18 @@ class Receiver(ReceiverThread):
                         return
                     continue
                 conn = by_fd.get(fd)
-                if conn is not None and service(conn):
-                    return
+                if conn is not None:
+                    service(conn)
 
-    def _service(self, conn: PeerConn) -> bool:
-        """Read what ``conn`` has; True if its loss failed the transport."""
+    def _service(self, conn: PeerConn) -> None:
+        """Read what ``conn`` has; handle its end (a lost peer fails only what needs it)."""
         try:
             if self._read(conn):
-                return False
+                return
             reason = None
         except OSError as exc:
             reason = f"connection error: {exc}"
-        return self._lost(conn, reason)
+        self._lost(conn, reason)
 
     def _on_wake(self) -> bool:
         """Drain the wake-up pipe; stop (True) or let go of cancelled receives (False)."""
@@ -134,23 +142,35 @@ class Receiver(ReceiverThread):
                     c.drop = c.need - c.got
         return False
 
-    def _lost(self, conn: PeerConn, reason: str | None) -> bool:
-        """Handle EOF or an error on ``conn``; True if that failed the transport."""
+    def _lost(self, conn: PeerConn, reason: str | None) -> None:
+        """Handle EOF or an error on ``conn``: only what needs its peer fails.
+
+        The peer's messages read so far stay deliverable: a rank that sent its last message of
+        a collective and then exited does not fail its peers' part of it (they may still be
+        waiting for other ranks). Receives that only this peer can serve fail, and so do sends
+        to it; one of its messages cut short fails the receive it was filling.
+        """
         self._ep.unregister(conn.fd)
         del self._by_fd[conn.fd]
         mid_message = conn.body is not None or conn.drop or conn.have
-        if conn.goodbye and not mid_message:
-            with self._mb.lock:
-                err = PeerFailedError(conn.rank, "it closed its transport")
-                self._mb.peer_closed(conn.rank, err)
-            return False
-        if conn.broken is not None:
-            reason = conn.broken
-        elif reason is None:
-            reason = "connection closed unexpectedly (did the process exit or crash?)"
-        self._fail(PeerFailedError(conn.rank, reason))
-        self._on_fail()
-        return True
+        lost = not conn.goodbye or bool(mid_message)
+        if not lost:
+            err = PeerFailedError(conn.rank, "it closed its transport")
+        else:
+            if conn.broken is not None:
+                reason = conn.broken
+            elif reason is None:
+                reason = "connection closed unexpectedly (did the process exit or crash?)"
+            err = PeerFailedError(conn.rank, reason)
+            conn.lose(reason)  # wakes a send blocked on this socket
+        mb = self._mb
+        with mb.lock:
+            r = conn.dest
+            if r is not None and r.state == FILLING:
+                r.finish(FAILED, err)
+            conn.dest = conn.body = conn.pending = None
+            conn.drop = conn.have = 0
+            mb.peer_closed(conn.rank, err, lost)
 
     def _fail(self, err: DistBackendError) -> None:
         """Fail the mailbox with ``err`` and every receive being filled (this thread only)."""

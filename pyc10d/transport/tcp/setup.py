@@ -6,6 +6,10 @@ rank ``i`` accepts a connection from each ``j > i`` on a thread of its own (any 
 handshakes at once, see :mod:`.handshake`) while it connects to each ``j < i`` in turn. Every
 connection is identified (group nonce, rank, world size; with ``PYC10D_AUTH_KEY`` after an HMAC
 challenge-response) and confirmed before it is taken for a peer; strays are logged and dropped.
+
+Lazily (see :mod:`.lazy`), a rank only listens and publishes ``token host:port`` under
+``transport/lazy/{rank}`` (its own random token stands in for the group nonce, so its acceptor
+never reads the store); peers look the address up when they first need it and :func:`dial` it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import socket
 import time
 
 from ...core.auth import load_key
-from ...core.errors import DistBackendError, DistNetworkError, DistStoreError
+from ...core.errors import DistBackendError, DistNetworkError, DistStoreError, TransportTimeout
 from ...core.timeouts import Deadline, format_ms
 from ...store import Store, TCPStore
 from .handshake import HELLO, Acceptor, Identity, shake_hands, tune
 
 ADDR_KEY = "transport/addr/{}"
 NONCE_KEY = "transport/nonce"
+LAZY_ADDR_KEY = "transport/lazy/{}"  # "token-hex host:port" of a rank that connects lazily
 RETRY_S = 0.05
 EXTRA_BACKLOG = 64  # listen backlog beyond one per peer (strays must not crowd peers out)
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -166,6 +171,51 @@ def _gather(
     return addrs, values[-1]
 
 
+def publish_lazy(store: Store, rank: int, listener: socket.socket, host: str, token: bytes) -> None:
+    """Publish where ``rank`` listens, with its token, for peers that connect lazily."""
+    port = listener.getsockname()[1]
+    store.set(LAZY_ADDR_KEY.format(rank), f"{token.hex()} {host}:{port}")
+
+
+def lookup_lazy(store: Store, rank: int, peer: int, deadline: Deadline) -> tuple[bytes, str]:
+    """``peer``'s token and ``host:port``, waiting for it to publish them until ``deadline``."""
+    key = LAZY_ADDR_KEY.format(peer)
+    remaining = deadline.remaining()
+    try:
+        store.wait([key], 0 if math.isinf(remaining) else max(remaining, 0.001))
+        value = store.get(key).decode()
+    except DistStoreError as exc:
+        raise TransportTimeout(
+            f"rank {peer} to publish its address, for rank {rank} to connect to it (has it "
+            f"created the group? did it start?)",
+            deadline.seconds,
+            (peer,),
+        ) from exc
+    token, _, addr = value.partition(" ")
+    return bytes.fromhex(token), addr
+
+
+def dial(addr: str, peer: int, ident: Identity, deadline: Deadline) -> socket.socket:
+    """One attempt to connect to ``peer`` at ``addr`` and shake hands, by ``deadline``.
+
+    Raises what :func:`~.handshake.shake_hands` raises, and OSError when connecting failed.
+    """
+    host, _, port = addr.rpartition(":")
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        tune(sock)
+        remaining = deadline.remaining()
+        sock.settimeout(None if math.isinf(remaining) else max(remaining, 0.001))
+        sock.connect(sockaddr)
+        shake_hands(sock, ident, peer, addr)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _connect(
     addr: str,
     peer: int,
@@ -209,4 +259,15 @@ def _connect(
     raise _missing_error(ident.rank, ident.world_size, deadline, socks, f"rank {peer}: {last}")
 
 
-__all__ = ["ADDR_KEY", "HELLO", "NONCE_KEY", "build_mesh", "default_advertise_host", "listen"]
+__all__ = [
+    "ADDR_KEY",
+    "HELLO",
+    "LAZY_ADDR_KEY",
+    "NONCE_KEY",
+    "build_mesh",
+    "default_advertise_host",
+    "dial",
+    "listen",
+    "lookup_lazy",
+    "publish_lazy",
+]

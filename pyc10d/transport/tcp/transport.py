@@ -4,9 +4,15 @@ The constructor connects every pair of ranks (see :mod:`.setup`). Sends are writ
 calling thread, one message at a time per peer; one receiver thread per transport reads every
 socket (see :mod:`.receiver`) and matches messages to receives (see :mod:`..mailbox`).
 
-A peer that goes away without closing its transport (it exited or crashed) fails the transport:
-every pending and later call raises :class:`PeerFailedError` naming it. A peer that closes its
-transport says goodbye first; after that only calls that need it fail.
+A peer that goes away without closing its transport (it exited or crashed) fails only the calls
+that need it, with :class:`PeerFailedError` naming it: what it sent before is still delivered,
+and so are the other ranks' messages (a rank that exits right after a collective returned does
+not fail its peers' part of it). From then on, a call failing because any peer is gone names
+that lost rank. A peer that closes its transport says goodbye first; after that only calls that
+need it fail.
+
+With ``lazy=True`` the constructor connects nothing: the first send to a peer connects the pair
+(see :mod:`.lazy`), and :meth:`TCPTransport.connected_peers` tells which pairs are connected.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from ...core.timeouts import Deadline
 from ...store import Store
 from ..base import Buffer
 from ..mailbox import Mailbox, as_byte_view
-from ..mailbox_transport import MailboxTransport
+from ..mailbox_transport import MailboxTransport, writable_view
 from .conn import PeerConn
+from .lazy import LazyMesh
 from .receiver import Receiver
 from .setup import build_mesh
 
@@ -36,14 +43,39 @@ CLOSE_SEND_WAIT_S = 5.0  # how long close() waits for a (woken) send to let go o
 class _Resources:
     """What ``close()`` releases, apart from the transport object so that GC can finalize it."""
 
-    def __init__(self, rank: int, mailbox: Mailbox, fail_fds: tuple[int, int]) -> None:
+    def __init__(
+        self, rank: int, world_size: int, mailbox: Mailbox, fail_fds: tuple[int, int]
+    ) -> None:
         self.rank = rank
         self.mailbox = mailbox
         self.fail_r, self.fail_w = fail_fds
-        self.conns: list[PeerConn] = []
+        self.conns: list[PeerConn] = []  # the receiver reads this very list
+        self.by_peer: list[PeerConn | None] = [None] * world_size
         self.receiver: Receiver | None = None
+        self.mesh: LazyMesh | None = None
         self.closed = False
         self._lock = threading.Lock()
+
+    def attach(self, peer: int, sock: socket.socket) -> PeerConn:
+        """Make ``sock`` (connected, confirmed) the connection to ``peer`` and have the receiver
+        read it; once the transport is closed, close ``sock`` and raise its error."""
+        with self._lock:
+            if self.closed or self.receiver is None:
+                sock.close()
+                raise self.failure()
+            sock.setblocking(False)
+            conn = PeerConn(peer, sock, self.fail_r, self.failure)
+            with self.mailbox.lock:
+                self.conns.append(conn)
+            self.by_peer[peer] = conn
+            self.receiver.add(conn)
+        return conn
+
+    def lost(self, peer: int, err: DistBackendError) -> None:
+        """``peer`` has left before it was ever connected: calls that need it fail with ``err``."""
+        with self.mailbox.lock:
+            if peer not in self.mailbox.closed:
+                self.mailbox.peer_closed(peer, err)
 
     def signal_failure(self) -> None:
         """Wake every blocked sender (the failure pipe stays readable from now on)."""
@@ -72,6 +104,8 @@ class _Resources:
             if mb.error is None:
                 mb.error = err
         self.signal_failure()
+        if self.mesh is not None:
+            self.mesh.close()
         goodbye = Deadline(GOODBYE_S)
         for conn in self.conns:
             conn.say_goodbye(deadline_left(goodbye))
@@ -105,7 +139,8 @@ class TCPTransport(MailboxTransport):
     Setup goes through ``store`` (already namespaced for this group) and must finish by
     ``deadline`` (``Deadline(0)``: no limit). Listens on ``bind_host`` (default: all IPv4
     interfaces) and tells peers to connect to ``advertise_host`` (default: see
-    :func:`~pyc10d.transport.tcp.setup.default_advertise_host`).
+    :func:`~pyc10d.transport.tcp.setup.default_advertise_host`). With ``lazy``, nothing is
+    connected here: each pair connects on its first send (see :mod:`.lazy`).
     """
 
     def __init__(
@@ -116,15 +151,21 @@ class TCPTransport(MailboxTransport):
         deadline: Deadline,
         bind_host: str | None = None,
         advertise_host: str | None = None,
+        lazy: bool = False,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"TCPTransport needs 0 <= rank < world_size, got {rank}/{world_size}")
         self.rank = rank
         self.world_size = world_size
         self._mb = Mailbox()
-        res = self._res = _Resources(rank, self._mb, os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+        pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        res = self._res = _Resources(rank, world_size, self._mb, pipe)
         self._finalizer = weakref.finalize(self, res.close)
-        self._conns: list[PeerConn | None] = [None] * world_size
+        self._conns = res.by_peer
+        self._mesh: LazyMesh | None = None
+        if lazy:
+            self._start_lazy(store, bind_host, advertise_host)
+            return
         socks: dict[int, socket.socket] = {}
         try:
             socks = build_mesh(store, rank, world_size, deadline, bind_host, advertise_host)
@@ -144,6 +185,28 @@ class TCPTransport(MailboxTransport):
             self.close()
             raise
 
+    def _start_lazy(self, store: Store, bind_host: str | None, advertise_host: str | None) -> None:
+        """Listen and publish this rank's address; start the receiver with no connection."""
+        res, mb = self._res, self._mb
+        try:
+            res.receiver = Receiver(
+                f"pyc10d-tcp-recv-r{self.rank}", res.conns, self._mb, res.signal_failure
+            )
+            res.receiver.start()
+            res.mesh = self._mesh = LazyMesh(
+                store,
+                self.rank,
+                self.world_size,
+                bind_host,
+                advertise_host,
+                res.attach,
+                lambda: mb.error,  # not self: the finalizer must be able to run
+                res.lost,
+            )
+        except BaseException:
+            self.close()
+            raise
+
     def send(self, dst: int, tag: int, data: Buffer, deadline: Deadline) -> None:
         """Send ``data`` to ``dst`` under ``tag``; returns once ``data`` may be reused."""
         mb = self._mb
@@ -153,6 +216,11 @@ class TCPTransport(MailboxTransport):
         conn = self._conns[dst] if 0 <= dst < self.world_size else None
         if conn is None:
             self._check_rank(dst, "send to")
+            if dst != self.rank and self._mesh is not None:
+                if mb.closed and dst in mb.closed:
+                    raise fresh_error(mb.closed[dst])
+                self._mesh.connect(dst, deadline).send(tag, view, deadline)
+                return
             with mb.lock:
                 r = mb.offer(dst, tag, view)  # to itself: straight into the mailbox
             if r is not None:
@@ -161,6 +229,53 @@ class TCPTransport(MailboxTransport):
         if mb.closed and dst in mb.closed:
             raise fresh_error(mb.closed[dst])
         conn.send(tag, view, deadline)
+
+    def send_recv(
+        self,
+        dst: int,
+        send_tag: int,
+        data: Buffer,
+        src: int,
+        recv_tag: int,
+        out: memoryview,
+        deadline: Deadline,
+    ) -> None:
+        """Send ``data`` to ``dst`` under ``send_tag`` and receive the next ``(src, recv_tag)``
+        message into ``out`` (its size must be ``len(out)``), on the calling thread.
+
+        The receive is posted before the send, so the reply streams straight into ``out`` (no
+        buffering, no copy) and no other thread is needed to post it. If the send fails, the
+        receive is still waited for (it must not fill ``out`` after this returns); its error, if
+        any, wins, as if both ran at once.
+        """
+        self._check_rank(dst, "send to")
+        self._check_rank(src, "recv from")
+        view = writable_view(out)
+        srcs = (src,)
+        mb = self._mb
+        posted = mb.post(srcs, recv_tag, view)
+        try:
+            self.send(dst, send_tag, data, deadline)
+        finally:
+            mb.collect(posted, srcs, recv_tag, view, deadline, self._wake)
+
+    def connect_all(self, deadline: Deadline) -> None:
+        """Connect to every peer not connected yet, by ``deadline`` (a lazy transport; an
+        eager one already is): the loss of any of them is then noticed at once."""
+        mb = self._mb
+        if self._mesh is None:
+            return
+        for peer in range(self.world_size):
+            if peer != self.rank and self._conns[peer] is None:
+                if mb.error is not None:
+                    raise fresh_error(mb.error)
+                if mb.closed and peer in mb.closed:
+                    raise fresh_error(mb.closed[peer])
+                self._mesh.connect(peer, deadline)
+
+    def connected_peers(self) -> list[int]:
+        """The ranks this rank has a connection to (every other rank unless lazy)."""
+        return [c.rank for c in self._conns if c is not None]
 
     def _wake(self) -> None:
         receiver = self._res.receiver

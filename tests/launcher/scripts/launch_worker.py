@@ -70,7 +70,8 @@ def main() -> None:
     tmp.write_text(json.dumps(record))
     tmp.rename(path)
     if args.say:
-        print(f"{args.say} {rank}")
+        # one write: the workers share the launcher's stdout, and a print in pieces interleaves
+        os.write(1, f"{args.say} {rank}\n".encode())
     if args.wait_file is not None:
         deadline = time.monotonic() + 60
         while not args.wait_file.exists() and time.monotonic() < deadline:

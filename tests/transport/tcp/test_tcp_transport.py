@@ -230,8 +230,7 @@ def peer_dies(ctx) -> object:
                 os._exit(code)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     t = make(ctx)
-    other = 1 - ctx.rank
-    src = 2 if ctx.rank == 0 else other  # rank 1 waits for a healthy peer
+    src = 2  # only what needs rank 2 fails (see tests/transport/test_peer_loss.py)
     pending = Background(t.recv, src, p2p_tag(1), memoryview(bytearray(4)), Deadline(30))
     wait_posted(t, p2p_tag(1))
     start = time.monotonic()
@@ -240,12 +239,12 @@ def peer_dies(ctx) -> object:
         pending.result()
     elapsed = time.monotonic() - start
     assert info.value.peer == 2 and elapsed < 10, elapsed
-    assert isinstance(t.error, PeerFailedError) and t.error.peer == 2, repr(t.error)
+    assert t.error is None, repr(t.error)  # the ranks left can go on
     with pytest.raises(PeerFailedError, match="rank 2"):
-        t.send(other, p2p_tag(2), b"x", Deadline(5))
+        t.send(2, p2p_tag(2), b"x", Deadline(5))
     start = time.monotonic()
     with pytest.raises(PeerFailedError, match="rank 2"):
-        t.recv(other, p2p_tag(3), memoryview(bytearray(1)), Deadline(5))
+        t.recv(2, p2p_tag(3), memoryview(bytearray(1)), Deadline(5))
     assert time.monotonic() - start < 1
     t.close()
     assert receiver_threads() == []
