@@ -229,31 +229,13 @@ def _connect(
     attempt waits for the answer as long as the setup may take; it is retried only when the
     connection fails or the acceptor hangs up (it dropped it).
     """
-    host, _, port = addr.rpartition(":")
     last = "no attempt"
     while not deadline.expired():
         try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
-                host, int(port), type=socket.SOCK_STREAM
-            )[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            last = str(exc)
-            time.sleep(RETRY_S)
-            continue
-        try:
-            tune(sock)
-            remaining = deadline.remaining()
-            sock.settimeout(None if math.isinf(remaining) else max(remaining, 0.001))
-            sock.connect(sockaddr)
-            shake_hands(sock, ident, peer, addr)
-            sock.settimeout(None)
-            return sock
+            return dial(addr, peer, ident, deadline)
         except DistBackendError:
-            sock.close()
             raise
         except OSError as exc:
-            sock.close()
             last = f"connecting to {addr} failed: {exc}"
             time.sleep(RETRY_S)
     raise _missing_error(ident.rank, ident.world_size, deadline, socks, f"rank {peer}: {last}")
