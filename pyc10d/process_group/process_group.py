@@ -654,16 +654,11 @@ class ProcessGroup:
         one (the caller then takes :meth:`allreduce`): a dense, contiguous, real CPU tensor and
         an ``op`` member other than ``PREMUL_SUM``, on a connected group. The checks of
         :meth:`allreduce` that depend only on (dtype, op) run once per pair (same errors)."""
-        if (
-            not tensor.is_cpu
-            or tensor.layout is not torch.strided
-            or not tensor.is_contiguous()
-            or self._engine is None
-        ):
+        if self._engine is None or not _plain(tensor):
             return None
         key = (tensor.dtype, op)
         if key not in self._allreduce_checked:
-            if tensor.dtype.is_complex or op is ReduceOp.PREMUL_SUM:
+            if op is ReduceOp.PREMUL_SUM:
                 return None
             check.check_dtype_supported("allreduce", tensor.dtype, op)
             self._allreduce_checked.add(key)
